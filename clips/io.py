@@ -1,0 +1,74 @@
+"""Atomic file writes and safe clip names, shared by every stage that writes outputs.
+
+Usage:
+    check_name(name)                               # before a clip name becomes a file name
+    atomic_write_text(out / "submission.csv", text)
+    atomic_save_npz(cache / f"{name}.npz", feature=vec, mask=np.array(True))
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+_BAD_NAME = re.compile(r"[/\\\x00-\x1f]")
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be used as a clip name (a file stem), or None when it can."""
+    if not name or not name.strip():
+        return "the name is empty"
+    if name != name.strip():
+        return "the name has leading or trailing blanks"
+    if _BAD_NAME.search(name):
+        return "the name contains a path separator or control character"
+    if name in (".", "..") or name.startswith(".."):
+        return "the name starts with '..'"
+    return None
+
+
+def check_name(name: str) -> str:
+    """Return `name` unchanged, or raise ValueError if it could write outside its folder."""
+    problem = name_problem(name)
+    if problem:
+        raise ValueError(f"clip name {name!r} is not safe as a file name: {problem}; rename the clip")
+    return name
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """UTF-8 text version of atomic_write_bytes."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """np.savez (no pickled objects) written atomically."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Arrays of an .npz written by atomic_save_npz; never unpickles."""
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
