@@ -53,13 +53,20 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
             f"{where}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
             f"valid keys: {', '.join(sorted(fields))}"
         )
+    required = [f.name for f in fields.values() if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING and f.name not in data]
+    if required:
+        raise ConfigError(
+            f"{where}: missing required key(s) {', '.join(required)}; set them in the config file "
+            f"or give them as flags (e.g. --{required[0].replace('_', '-')})"
+        )
     hints = typing.get_type_hints(cls)
     kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
     return cls(**kwargs)
 
 
 def load_config(cls: type[T], path: Path | None = None, overrides: dict[str, Any] | None = None) -> T:
-    """Dataclass `cls` from an optional YAML file, then flags in `overrides` (None values are skipped)."""
+    """Dataclass `cls` from an optional YAML file, then flags in `overrides` (deep-merged, None skipped)."""
     data: dict[str, Any] = {}
     where = cls.__name__
     if path is not None:
@@ -68,8 +75,22 @@ def load_config(cls: type[T], path: Path | None = None, overrides: dict[str, Any
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(loaded).__name__}")
         data.update(loaded)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    _merge(data, overrides or {})
     return from_dict(cls, data, where)
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Deep-merge `overrides` into `base`, skipping None values (flags not given)."""
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            target = base.get(key) if isinstance(base.get(key), dict) else {}
+            _merge(target, value)
+            if target:
+                base[key] = target
+        else:
+            base[key] = value
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -1,0 +1,187 @@
+"""mer-semi command line: every command builds a typed config (YAML file and flags) and calls one function.
+
+Usage:
+    python cli.py demo
+    python cli.py make-demo demo-data
+    python cli.py features --data mer2024-dataset --run runs/a
+    python cli.py teacher-label --data mer2024-dataset --run runs/a
+    python cli.py distill --data mer2024-dataset --run runs/a
+    python cli.py submit --data mer2024-dataset --run runs/a --candidates candidates.csv
+    python cli.py evaluate runs/a/submission.csv labels.csv --png confusion.png
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from clips.config import ConfigError, load_config
+
+CONFIG = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                      help="YAML file that fills the command's config; flags override it.")
+DATA = click.option("--data", type=click.Path(path_type=Path),
+                    help="Dataset folder (MER2024 release layout, or a folder of media with labels.csv).")
+RUN = click.option("--run", type=click.Path(path_type=Path),
+                   help="Run folder for features, agent outputs, models and the submission.")
+UNLABELLED = click.option("--unlabelled-dir", help="Name of the unlabelled folder inside --data (found if omitted).")
+WORKERS = click.option("--workers", type=int, help="Feature extraction worker processes.")
+QUIET = click.option("--quiet", is_flag=True, help="No progress bars.")
+
+
+def _build(cls, config_path: Path | None, overrides: dict):
+    try:
+        return load_config(cls, config_path, overrides)
+    except (ConfigError, ValueError, TypeError) as err:
+        raise click.UsageError(str(err)) from err
+
+
+def _common(data, run, unlabelled_dir, workers, quiet) -> dict:
+    return {"data": data, "run": run, "unlabelled_dir": unlabelled_dir,
+            "features": {"workers": workers}, "progress": False if quiet else None}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Semi-supervised multimodal emotion recognition for MER2024 MER-SEMI."""
+
+
+@main.command("make-demo", epilog="Example: python cli.py make-demo demo-data --labelled 240 --unlabelled 960")
+@click.argument("out", type=click.Path(path_type=Path))
+@CONFIG
+@click.option("--labelled", type=int, help="Labelled clips.")
+@click.option("--unlabelled", type=int, help="Unlabelled pool clips.")
+@click.option("--seed", type=int, help="Random seed.")
+@WORKERS
+@QUIET
+def make_demo_cmd(out, config_path, labelled, unlabelled, seed, workers, quiet) -> None:
+    """Write a synthetic MER2024-layout corpus of short mp4 clips to OUT."""
+    from clips.demo import DemoConfig, make_demo
+
+    cfg = _build(DemoConfig, config_path, {"labelled": labelled, "unlabelled": unlabelled, "seed": seed,
+                                           "workers": workers})
+    summary = make_demo(out, cfg, progress=not quiet)
+    click.echo(f"wrote {summary}")
+
+
+@main.command("features", epilog="Example: python cli.py features --data mer2024-dataset --run runs/a")
+@CONFIG
+@DATA
+@RUN
+@UNLABELLED
+@WORKERS
+@QUIET
+def features_cmd(config_path, data, run, unlabelled_dir, workers, quiet) -> None:
+    """Extract and cache the features of every clip (a rerun skips cached clips)."""
+    from student.extract import FeaturesConfig, features_stage
+
+    report = features_stage(_build(FeaturesConfig, config_path,
+                                   _common(data, run, unlabelled_dir, workers, quiet)))
+    click.echo(str(report))
+
+
+@main.command("teacher-label", epilog="Example: python cli.py teacher-label --data mer2024-dataset --run runs/a "
+                                      "--config configs/teacher-label.yaml")
+@CONFIG
+@DATA
+@RUN
+@UNLABELLED
+@WORKERS
+@click.option("--batch-size", type=int, help="Clips per stored shard.")
+@QUIET
+def teacher_label_cmd(config_path, data, run, unlabelled_dir, workers, batch_size, quiet) -> None:
+    """Score every clip with every configured teacher agent; resumable."""
+    from teacher.label import TeacherLabelConfig, teacher_label
+
+    overrides = {**_common(data, run, unlabelled_dir, workers, quiet), "batch_size": batch_size}
+    report = teacher_label(_build(TeacherLabelConfig, config_path, overrides))
+    for agent in report.scored:
+        click.echo(f"{agent}: {report.scored[agent]} clips scored, {report.skipped[agent]} already stored")
+
+
+@main.command("distill", epilog="Example: python cli.py distill --data mer2024-dataset --run runs/a --threshold 0.9")
+@CONFIG
+@DATA
+@RUN
+@UNLABELLED
+@WORKERS
+@click.option("--no-pseudo", is_flag=True, help="Train on the labelled clips only.")
+@click.option("--threshold", type=float, help="Confidence threshold of the consistency filter.")
+@click.option("--epochs", type=int, help="Student training epochs.")
+@click.option("--out", type=click.Path(path_type=Path), help="Where the student is saved (default run/student).")
+@QUIET
+def distill_cmd(config_path, data, run, unlabelled_dir, workers, no_pseudo, threshold, epochs, out, quiet) -> None:
+    """Train the fusion student on labelled + pseudo-labelled clips; prints its 5-fold WAF."""
+    from clips.scoring import format_scores
+
+    from student.distill import DistillConfig, distill
+
+    overrides = {**_common(data, run, unlabelled_dir, workers, quiet), "use_pseudo": False if no_pseudo else None,
+                 "filter": {"threshold": threshold}, "student": {"epochs": epochs}, "out": out}
+    report = distill(_build(DistillConfig, config_path, overrides))
+    click.echo(f"pseudo-labels kept per class: {report.kept}")
+    click.echo(format_scores(report.scores))
+    click.echo(f"student saved to {report.student_dir}")
+
+
+@main.command("submit", epilog="Example: python cli.py submit --data mer2024-dataset --run runs/a "
+                               "--candidates candidates.csv --out submission.csv")
+@CONFIG
+@DATA
+@RUN
+@UNLABELLED
+@WORKERS
+@click.option("--candidates", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV with a `name` column (default: every clip of the unlabelled pool).")
+@click.option("--student", type=click.Path(path_type=Path), help="Trained student folder (default run/student).")
+@click.option("--out", type=click.Path(path_type=Path), help="Submission CSV (default run/submission.csv).")
+@QUIET
+def submit_cmd(config_path, data, run, unlabelled_dir, workers, candidates, student, out, quiet) -> None:
+    """Predict every candidate name and write a checked name,discrete CSV."""
+    from student.submit import SubmitConfig, submit
+
+    overrides = {**_common(data, run, unlabelled_dir, workers, quiet), "candidates": candidates,
+                 "student": student, "out": out}
+    summary = submit(_build(SubmitConfig, config_path, overrides))
+    click.echo(f"wrote {summary.path}: {sum(summary.counts.values())} predictions {summary.counts}")
+    click.echo(f"sources: {summary.fallbacks}")
+
+
+@main.command("evaluate", epilog="Example: python cli.py evaluate runs/a/submission.csv labels.csv "
+                                 "--png confusion.png")
+@click.argument("predictions", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("labels", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--png", type=click.Path(path_type=Path), help="Write the confusion matrix as a PNG here.")
+def evaluate_cmd(predictions, labels, png) -> None:
+    """Score a name,discrete predictions CSV against a labels CSV: WAF, accuracy, per-class F1."""
+    from clips.scoring import evaluate_csv, format_scores
+
+    try:
+        scores = evaluate_csv(predictions, labels, png)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(format_scores(scores))
+    if png:
+        click.echo(f"confusion matrix: {png}")
+
+
+@main.command("demo", epilog="Example: python cli.py demo --out demo-run")
+@CONFIG
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for the corpus and the run (demo-run).")
+@click.option("--labelled", type=int, help="Labelled clips of the synthetic corpus.")
+@click.option("--unlabelled", type=int, help="Unlabelled clips of the synthetic corpus.")
+@QUIET
+def demo_cmd(config_path, out, labelled, unlabelled, quiet) -> None:
+    """Run the whole pipeline on a synthetic corpus and compare students with and without pseudo-labels."""
+    from student.demo import DemoRunConfig, run_demo
+
+    cfg = _build(DemoRunConfig, config_path, {"out": out, "corpus": {"labelled": labelled, "unlabelled": unlabelled},
+                                              "progress": False if quiet else None})
+    result = run_demo(cfg, log=click.echo)
+    click.echo("")
+    click.echo(result.table())
+    click.echo("time per step: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+
+
+if __name__ == "__main__":
+    main()

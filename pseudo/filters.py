@@ -1,0 +1,89 @@
+"""Pseudo-label maths: pure functions on probability arrays (never logits) with named terms.
+
+Usage:
+    combined = combine_product(probs)                       # (agents, clips, 6) -> (clips, 6)
+    agree = agreement_mask(probs, combined.argmax(1), top_k=2, rule="all")
+    confident = confidence_mask(combined, class_thresholds(0.8))
+    kept = agree & confident
+
+Rows of NaN in `probs` mean an agent has no evidence for a clip; every function skips those agents for that clip.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from clips.labels import LABELS, NUM_LABELS
+
+EPS = 1e-6
+
+
+def evidence_mask(probs: np.ndarray) -> np.ndarray:
+    """(agents, clips) True where an agent has a probability row for a clip."""
+    return ~np.isnan(probs).any(axis=-1)
+
+
+def combine_mean(probs: np.ndarray) -> np.ndarray:
+    """Mean of the agents' probabilities over the agents with evidence; uniform where none has any."""
+    has = evidence_mask(probs)                                       # (agents, clips)
+    total = np.where(has[..., None], probs, 0.0).sum(axis=0)         # (clips, 6)
+    count = has.sum(axis=0)[:, None]                                 # (clips, 1)
+    return np.where(count > 0, total / np.maximum(count, 1), 1.0 / NUM_LABELS).astype(np.float32)
+
+
+def combine_product(probs: np.ndarray) -> np.ndarray:
+    """Product of experts: normalised product of the agents' probabilities (agents without evidence skipped).
+
+    Complementary views multiply: an audio agent sure of {neutral, sad} and a visual agent sure of
+    {neutral, worried} give neutral, where their mean would stay split.
+    """
+    has = evidence_mask(probs)
+    logp = np.where(has[..., None], np.log(np.clip(np.nan_to_num(probs), EPS, 1.0)), 0.0)
+    summed = logp.sum(axis=0)                                        # (clips, 6)
+    summed -= summed.max(axis=1, keepdims=True)
+    combined = np.exp(summed)
+    return (combined / combined.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def agreement_mask(
+    probs: np.ndarray, label: np.ndarray, top_k: int = 1, rule: Literal["all", "majority"] = "all",
+) -> np.ndarray:
+    """(clips,) True where the agents agree with `label`: it is within an agent's top_k labels.
+
+    top_k=1 is the classic "same top label"; top_k=2 lets agents that only separate groups of classes (a voice
+    that tells arousal, not valence) agree without having to guess inside the group. `rule` asks all agents
+    with evidence, or a strict majority of them; a clip with no evidence never agrees.
+    """
+    has = evidence_mask(probs)                                       # (agents, clips)
+    ranks = np.argsort(-np.nan_to_num(probs, nan=-1.0), axis=-1)     # (agents, clips, 6)
+    in_top = (ranks[..., :top_k] == label[None, :, None]).any(axis=-1) & has
+    votes, voters = in_top.sum(axis=0), has.sum(axis=0)
+    if rule == "all":
+        return (voters > 0) & (votes == voters)
+    return (voters > 0) & (2 * votes > voters)
+
+
+def class_thresholds(default: float, per_class: dict[str, float] | None = None) -> np.ndarray:
+    """(6,) confidence threshold per class: `default`, overridden by name in `per_class`."""
+    thresholds = np.full(NUM_LABELS, default, dtype=np.float32)
+    for name, value in (per_class or {}).items():
+        thresholds[LABELS.index(name)] = value
+    return thresholds
+
+
+def confidence_mask(combined: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """(clips,) True where the top probability passes its class's threshold."""
+    top = combined.argmax(axis=1)
+    return combined.max(axis=1) >= thresholds[top]
+
+
+def cap_per_class(combined: np.ndarray, kept: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """Keep at most cap[c] clips of each class c, the most confident first."""
+    label, confidence = combined.argmax(axis=1), combined.max(axis=1)
+    out = np.zeros_like(kept)
+    for c in range(NUM_LABELS):
+        idx = np.flatnonzero(kept & (label == c))
+        out[idx[np.argsort(-confidence[idx], kind="stable")][: int(cap[c])]] = True
+    return out

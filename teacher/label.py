@@ -1,0 +1,92 @@
+"""`teacher-label`: run the configured agents over every clip and store their probabilities, resumably.
+
+Usage:
+    report = teacher_label(TeacherLabelConfig(data=Path("mer2024-dataset"), run=Path("runs/a")))
+
+Features are extracted first (cached, so a rerun costs nothing); each agent then scores the clips it has not
+stored yet, in batches, one atomic shard per batch. Labelled clips are scored too (out-of-fold for feature
+agents): the filters calibrate and measure the agents on them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from clips.dataset import load_corpus
+from clips.run import RunPaths
+from student.extract import FeatureSettings, load_run_features, run_features
+from teacher.agents import AgentContext, AgentSpec, build_agent, default_agents
+from teacher.store import AgentStore
+
+
+@dataclass
+class TeacherLabelConfig:
+    """Settings of `teacher-label`."""
+
+    # dataset folder (MER2024 release layout or a generic folder)
+    data: Path
+    # run folder that holds features, agent outputs, models and the submission
+    run: Path
+    # the unlabelled folder's name inside `data`; found automatically when None
+    unlabelled_dir: str | None = None
+    # extractors, their options, workers and frames
+    features: FeatureSettings = field(default_factory=FeatureSettings)
+    # the teacher agents to run
+    agents: list[AgentSpec] = field(default_factory=default_agents)
+    # clips scored per stored shard
+    batch_size: int = 1024
+    # show progress bars
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size}; use a positive number of clips per shard")
+        names = [a.name for a in self.agents]
+        doubled = sorted({n for n in names if names.count(n) > 1})
+        if doubled:
+            raise ValueError(f"agents: the name(s) {doubled} appear more than once; give each agent its own name")
+        if not self.agents:
+            raise ValueError("agents: the list is empty; name at least one agent")
+
+
+@dataclass
+class TeacherLabelReport:
+    """What one `teacher-label` run did."""
+
+    # clips newly scored per agent
+    scored: dict[str, int]
+    # clips found already stored per agent
+    skipped: dict[str, int]
+    elapsed: float
+
+
+def teacher_label(cfg: TeacherLabelConfig) -> TeacherLabelReport:
+    """Score every clip of the corpus with every agent; returns counts of new and skipped clips."""
+    start = time.perf_counter()
+    corpus = load_corpus(cfg.data, cfg.unlabelled_dir)
+    run_features(corpus, cfg.run, cfg.features, cfg.progress)
+    names = [ref.name for ref in corpus.all()]
+    features = load_run_features(cfg.run, cfg.features, names)
+    context = AgentContext(features=features, labels={r.name: r.label for r in corpus.labelled})
+    store = AgentStore(RunPaths(cfg.run).agents)
+    scored: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    for spec in cfg.agents:
+        done = store.done(spec.name)
+        todo = [n for n in names if n not in done]
+        skipped[spec.name], scored[spec.name] = len(names) - len(todo), len(todo)
+        if not todo:
+            continue
+        agent = build_agent(spec, context)
+        store.write_meta(spec.name, agent.settings())
+        bar = tqdm(total=len(todo), desc=f"agent {spec.name}", unit="clip", disable=not cfg.progress)
+        for begin in range(0, len(todo), cfg.batch_size):
+            batch = todo[begin:begin + cfg.batch_size]
+            store.append(spec.name, batch, agent.score(batch))
+            bar.update(len(batch))
+        bar.close()
+    return TeacherLabelReport(scored=scored, skipped=skipped, elapsed=time.perf_counter() - start)

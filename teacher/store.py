@@ -1,0 +1,106 @@
+"""Resumable, append-only store of each teacher agent's label probabilities per clip.
+
+Usage:
+    store = AgentStore(run / "agents")
+    todo = [n for n in names if n not in store.done("audio")]
+    store.append("audio", batch_names, batch_probs)          # one atomic shard per batch
+    names, probs = store.read("audio")                        # (n,), (n, 6)
+
+Each agent has a folder of shards `part-XXXXXXXX.npz` (arrays `names`, `probs`), each written atomically, so a
+kill -9 loses at most the batch in flight and a rerun skips every clip already stored. Rows of NaN mean the agent
+had no evidence for that clip (its modality is missing).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from clips.io import atomic_save_npz, atomic_write_text, check_name, load_npz
+from clips.labels import NUM_LABELS
+
+_SHARD = re.compile(r"^part-(\d{8})\.npz$")
+
+
+class AgentStore:
+    """Per-agent probability shards under one folder."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def agent_dir(self, agent: str) -> Path:
+        return self.root / check_name(agent)
+
+    def agents(self) -> list[str]:
+        """Names of the agents that have a folder, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def write_meta(self, agent: str, meta: dict) -> None:
+        """Record the agent's settings; a rerun with different settings must use a fresh run folder."""
+        path = self.agent_dir(agent) / "meta.json"
+        if path.exists():
+            old = json.loads(path.read_text(encoding="utf-8"))
+            if old != meta:
+                raise ValueError(
+                    f"{path}: agent {agent!r} was stored with other settings ({old}); now {meta}. "
+                    "Use a new --run folder, or delete that agent's folder to relabel."
+                )
+            return
+        atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True))
+
+    def _shards(self, agent: str) -> list[Path]:
+        folder = self.agent_dir(agent)
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if _SHARD.match(p.name))
+
+    def read(self, agent: str) -> tuple[list[str], np.ndarray]:
+        """All stored (names, probs (n, 6)) of `agent`, first occurrence of a name kept."""
+        names: list[str] = []
+        blocks: list[np.ndarray] = []
+        seen: set[str] = set()
+        for shard in self._shards(agent):
+            data = load_npz(shard)
+            shard_names = [str(n) for n in data["names"]]
+            probs = data["probs"].astype(np.float32)
+            if probs.shape != (len(shard_names), NUM_LABELS):
+                raise ValueError(f"{shard}: probs of shape {probs.shape} for {len(shard_names)} names; "
+                                 "delete the shard and rerun teacher-label")
+            keep = [i for i, n in enumerate(shard_names) if n not in seen]
+            seen.update(shard_names[i] for i in keep)
+            names.extend(shard_names[i] for i in keep)
+            blocks.append(probs[keep])
+        probs = np.concatenate(blocks) if blocks else np.zeros((0, NUM_LABELS), np.float32)
+        return names, probs
+
+    def done(self, agent: str) -> set[str]:
+        """Names already stored for `agent`."""
+        return set(self.read(agent)[0])
+
+    def append(self, agent: str, names: list[str], probs: np.ndarray) -> Path:
+        """Write one shard for a batch; returns its path."""
+        probs = np.asarray(probs, dtype=np.float32)
+        if probs.shape != (len(names), NUM_LABELS):
+            raise ValueError(f"agent {agent!r}: probs of shape {probs.shape} for {len(names)} names")
+        shards = self._shards(agent)
+        index = int(_SHARD.match(shards[-1].name).group(1)) + 1 if shards else 0
+        path = self.agent_dir(agent) / f"part-{index:08d}.npz"
+        atomic_save_npz(path, names=np.array(names, dtype=str), probs=probs)
+        return path
+
+    def matrix(self, agents: list[str], names: list[str]) -> np.ndarray:
+        """(agents, clips, 6) probabilities aligned with `names`; NaN where an agent has no row for a clip."""
+        out = np.full((len(agents), len(names), NUM_LABELS), np.nan, dtype=np.float32)
+        position = {n: i for i, n in enumerate(names)}
+        for a, agent in enumerate(agents):
+            stored_names, probs = self.read(agent)
+            rows = [(position[n], j) for j, n in enumerate(stored_names) if n in position]
+            if rows:
+                dst, src = map(list, zip(*rows, strict=True))
+                out[a, dst] = probs[src]
+        return out
