@@ -6,9 +6,9 @@ Usage:
     clip.frames       # (T, H, W, 3) uint8 RGB, or None
     clip.status       # () when fine, else flags from clips.status.STATUSES
 
-A file is read in two passes. The first demuxes video packets without decoding them to learn the real frame
-timestamps, because container metadata can claim 33 minutes for a clip that plays 3 seconds. The second decodes
-audio and video and converts to RGB only the frames at the sampled timestamps. Memory stays bounded by
+A file is read in two passes. The first demuxes video packets without decoding them to learn the real
+frame timestamps, because container metadata can claim 33 minutes for a clip that plays 3 seconds. The second
+decodes audio and video and converts to RGB only the frames at the sampled timestamps. Memory stays bounded by
 `max_seconds` of audio plus `num_frames` frames whatever the file's length.
 """
 
@@ -38,7 +38,7 @@ class DecodedClip:
 
     # clip name (file stem)
     name: str
-    # (samples,) float32 mono at SAMPLE_RATE; None when there is no usable audio
+    # (samples,) float32 mono at SAMPLE_RATE, downmixed as `ffmpeg -ac 1` does; None without usable audio
     audio: np.ndarray | None
     # (T, H, W, 3) uint8 RGB frames sampled uniformly over the decoded duration; None without video
     frames: np.ndarray | None
@@ -55,9 +55,9 @@ class DecodedClip:
 
 
 def uniform_indices(n_available: int, n_wanted: int) -> np.ndarray:
-    """Indices of `n_wanted` items spread uniformly over `n_available`: the centre of each of n_wanted equal bins.
+    """Indices of `n_wanted` items spread uniformly over `n_available`: the centres of n_wanted equal bins.
 
-    Returns every index 0..n_available-1 when there are no more than n_wanted, an empty array when either is 0.
+    Returns every index 0..n_available-1 when there are no more than n_wanted; empty when either is 0.
     """
     if n_available <= 0 or n_wanted <= 0:
         return np.zeros(0, dtype=np.int64)
@@ -111,9 +111,9 @@ def decode_clip(
 
     Frames are sampled uniformly over the video actually present (not the container's claimed duration) and
     shrunk so the longer side is at most `max_side`; fewer come back when the clip has fewer.
-    Returns a DecodedClip whose status flags what is missing: "no_audio", "no_video", "truncated" (a decoding
-    error part-way: what decoded is kept and the message is in `error`) or "unreadable" (missing, unopenable or
-    nothing decodes; audio and frames are then None and "no_audio", "no_video" are set too).
+    Returns a DecodedClip whose status flags what is missing: "no_audio", "no_video", "truncated" (a
+    decoding error part-way: what decoded is kept and the message is in `error`) or "unreadable" (missing,
+    unopenable or nothing decodes; audio and frames are then None and "no_audio", "no_video" are set too).
     Never raises for a bad file.
     """
     path = Path(path)
@@ -149,9 +149,10 @@ def _decode(path: Path, name: str, num_frames: int, max_seconds: float, max_side
     targets = [probe.video_pts[i] for i in uniform_indices(len(probe.video_pts), num_frames)]
     decoded = _decode_streams(path, probe, targets, max_seconds, max_side)
 
-    audio = np.concatenate(decoded.audio_chunks)[: int(max_seconds * SAMPLE_RATE)] if decoded.audio_chunks else None
-    if audio is not None and audio.size == 0:
-        audio = None
+    audio = None
+    if decoded.audio_chunks:
+        audio = np.concatenate(decoded.audio_chunks)[: int(max_seconds * SAMPLE_RATE)]
+        audio = audio if audio.size else None
     frames = np.stack(decoded.frames) if decoded.frames else None  # (T, H, W, 3)
     frame_times = None
     video_extent = 0.0
@@ -184,7 +185,9 @@ def _decode(path: Path, name: str, num_frames: int, max_seconds: float, max_side
     )
 
 
-def _first_video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream | None:
+def _first_video_stream(
+    container: av.container.InputContainer, path: Path
+) -> av.video.stream.VideoStream | None:
     if path.suffix.lower() in AUDIO_SUFFIXES:
         return None  # cover art in an mp3/flac is a picture, not the clip's video
     for stream in container.streams.video:
@@ -204,7 +207,9 @@ def _probe(path: Path, max_seconds: float) -> _Probe:
         if container.streams.audio:
             audio = container.streams.audio[0]
             probe.audio_index = audio.index
-            probe.info.update(source_sample_rate=audio.codec_context.sample_rate, audio_codec=audio.codec_context.name)
+            probe.info.update(
+                source_sample_rate=audio.codec_context.sample_rate, audio_codec=audio.codec_context.name
+            )
         video = _first_video_stream(container, path)
         if video is None:
             return probe
@@ -222,7 +227,8 @@ def _probe(path: Path, max_seconds: float) -> _Probe:
             for packet in container.demux(video):
                 if packet.pts is None or packet.size == 0:
                     continue  # the flush packet at the end of the stream
-                if probe.video_pts and (packet.pts - probe.video_pts[0]) * probe.video_time_base >= max_seconds:
+                start = probe.video_pts[0] if probe.video_pts else packet.pts
+                if (packet.pts - start) * probe.video_time_base >= max_seconds:
                     break
                 probe.video_pts.append(packet.pts)
                 last_duration = packet.duration or 0
@@ -230,11 +236,17 @@ def _probe(path: Path, max_seconds: float) -> _Probe:
             probe.error = str(exc)
     probe.video_pts.sort()  # decode order differs from presentation order when there are B-frames
     probe.info["video_packets"] = len(probe.video_pts)
-    probe.frame_step = last_duration * probe.video_time_base or (1.0 / fps if fps else 0.0)
+    if len(probe.video_pts) > 1:
+        # the median spacing, not the last packet's duration: broken files put absurd durations there
+        probe.frame_step = float(np.median(np.diff(probe.video_pts))) * probe.video_time_base
+    else:
+        probe.frame_step = last_duration * probe.video_time_base or (1.0 / fps if fps else 0.0)
     return probe
 
 
-def _decode_streams(path: Path, probe: _Probe, targets: list[int], max_seconds: float, max_side: int) -> _Decoded:
+def _decode_streams(
+    path: Path, probe: _Probe, targets: list[int], max_seconds: float, max_side: int
+) -> _Decoded:
     """Second pass: audio up to max_seconds, and the first video frame at or after each target pts."""
     out = _Decoded()
     max_samples = int(max_seconds * SAMPLE_RATE)
@@ -267,9 +279,8 @@ def _decode_streams(path: Path, probe: _Probe, targets: list[int], max_seconds: 
                 if is_audio:
                     for frame in decoded_frames:
                         for resampled in resampler.resample(frame):
-                            # packed mono float: one plane; the plane buffer may be padded past `samples`
-                            chunk = np.frombuffer(resampled.planes[0], dtype=np.float32, count=resampled.samples)
-                            out.audio_chunks.append(chunk.copy())
+                            chunk = _mono_samples(resampled)
+                            out.audio_chunks.append(chunk)
                             n_samples += chunk.size
                     audio_done = n_samples >= max_samples
                     continue
@@ -291,5 +302,10 @@ def _decode_streams(path: Path, probe: _Probe, targets: list[int], max_seconds: 
             out.errors.append(str(exc))  # the demuxer itself failed: nothing further can be read
         if not audio_done:
             for resampled in resampler.resample(None):
-                out.audio_chunks.append(np.frombuffer(resampled.planes[0], np.float32, resampled.samples).copy())
+                out.audio_chunks.append(_mono_samples(resampled))
     return out
+
+
+def _mono_samples(frame: av.AudioFrame) -> np.ndarray:
+    """(samples,) float32 copy of a packed mono float frame; its plane buffer may be padded past `samples`."""
+    return np.frombuffer(frame.planes[0], dtype=np.float32, count=frame.samples).copy()
