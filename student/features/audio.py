@@ -22,9 +22,9 @@ class EgemapsExtractor:
 
     # clips with less audio than this have no usable prosody: missing, flagged "no_audio"
     min_seconds: float = 0.1
-    name: str = "egemaps"
-    modality: str = "audio"
-    dim: int = 88
+    name: str = field(default="egemaps", init=False)
+    modality: str = field(default="audio", init=False)
+    dim: int = field(default=88, init=False)
     _smile: Any = field(default=None, init=False, repr=False)
 
     def settings(self) -> dict:

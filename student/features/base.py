@@ -1,4 +1,4 @@
-"""The extractor contract: one utterance-level vector per clip and modality, and the cache key of its settings.
+"""The extractor contract: one utterance-level vector per clip and modality, and its settings' cache key.
 
 Usage:
     class MyExtractor:                       # satisfies Extractor
@@ -48,7 +48,7 @@ class Extractor(Protocol):
     dim: int
 
     def settings(self) -> dict:
-        """JSON-serialisable description of everything that changes the output (model path, layers, frames)."""
+        """JSON-serialisable description of all that changes the output (model path, layers, frames)."""
         ...
 
     def extract(self, clip: DecodedClip, transcript: str | None) -> FeatureResult:
@@ -63,7 +63,7 @@ def settings_hash(settings: dict) -> str:
 
 
 def cache_key(extractor: Extractor) -> str:
-    """Cache folder name of `extractor`: its name and a short hash of its settings and dim, e.g. "egemaps-3f2a9c1d"."""
+    """Cache folder name of `extractor`: name and a hash of settings and dim, e.g. "egemaps-3f2a9c1d"."""
     return f"{extractor.name}-{settings_hash({'dim': extractor.dim, **extractor.settings()})}"
 
 

@@ -1,0 +1,79 @@
+"""The extractor registry: names to small builder functions, chosen by dict lookup.
+
+Usage:
+    extractor = build_extractor("face", num_frames=8)
+    extractor = build_extractor("hubert", model="/models/chinese-hubert-large")
+    DEFAULT_EXTRACTORS          # the embedded CPU set: ("egemaps", "face", "e5")
+Builders import their extractor's module lazily, so listing or building never loads a model. Every builder
+takes the runner's `num_frames`; only visual extractors use it (then part of their settings and cache
+key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from student.features.base import Extractor
+
+
+def _egemaps(num_frames: int = 8, **options: Any) -> Extractor:
+    from student.features.audio import EgemapsExtractor
+
+    return EgemapsExtractor(**options)
+
+
+def _face(num_frames: int = 8, **options: Any) -> Extractor:
+    from student.features.face import FaceExtractor
+
+    return FaceExtractor(num_frames=num_frames, **options)
+
+
+def _e5(num_frames: int = 8, **options: Any) -> Extractor:
+    from student.features.text import E5Extractor
+
+    return E5Extractor(**options)
+
+
+def _hubert(num_frames: int = 8, **options: Any) -> Extractor:
+    from student.features.hf import HubertExtractor
+
+    return HubertExtractor(**options)
+
+
+def _clip(num_frames: int = 8, **options: Any) -> Extractor:
+    from student.features.hf import ClipExtractor
+
+    return ClipExtractor(num_frames=num_frames, **options)
+
+
+def _hf_text(num_frames: int = 8, **options: Any) -> Extractor:
+    from student.features.hf import HFTextExtractor
+
+    return HFTextExtractor(**options)
+
+
+EXTRACTORS: dict[str, Callable[..., Extractor]] = {
+    "egemaps": _egemaps,
+    "face": _face,
+    "e5": _e5,
+    "hubert": _hubert,
+    "clip": _clip,
+    "hf_text": _hf_text,
+}
+DEFAULT_EXTRACTORS: tuple[str, ...] = ("egemaps", "face", "e5")
+
+
+def build_extractor(name: str, **options: Any) -> Extractor:
+    """The extractor registered as `name`, built with `options` (e.g. model=..., num_frames=...).
+
+    Raises:
+        ValueError: for an unknown name (the message lists the registry) or an option the extractor lacks.
+    """
+    builder = EXTRACTORS.get(name)
+    if builder is None:
+        raise ValueError(f"unknown feature extractor {name!r}; registered: {', '.join(sorted(EXTRACTORS))}")
+    try:
+        return builder(**options)
+    except TypeError as err:
+        raise ValueError(f"bad options {sorted(options)} for feature extractor {name!r}: {err}") from err

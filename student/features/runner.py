@@ -1,0 +1,287 @@
+"""Extract features for a list of clips: decode each clip once, run every extractor, cache one file per clip.
+
+Usage:
+    report = extract_features(corpus.all(), DEFAULT_EXTRACTORS, Path("cache/features"), workers=2)
+    report.processed, report.skipped, report.status_counts, report.errors, report.clips_per_second
+    features = load_features(Path("cache/features"), DEFAULT_EXTRACTORS, names)
+A rerun skips clips whose cache files all validate (without decoding them); an extractor that raises on a clip
+gives that clip a missing vector, its modality's missing flag and the error message, and the run goes on.
+<cache_root>/status.csv (name,status) merges ref, decoder and extractor flags for every clip seen so far.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import multiprocessing
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from clips import media
+from clips.dataset import ClipRef
+from clips.io import atomic_write_text, check_name
+from clips.status import format_status, merge_status, parse_status
+from student.features.base import MISSING_STATUS, Extractor, FeatureResult, cache_key, finite_vector
+from student.features.cache import clip_path, read_entry, write_entry, write_meta
+from student.features.registry import build_extractor
+
+STATUS_FILE = "status.csv"
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass
+class ClipOutcome:
+    """What happened to one clip in a run."""
+
+    name: str
+    # True when at least one extractor ran (the clip was not fully cached)
+    computed: bool
+    # merged ref, decoder and extractor flags
+    status: tuple[str, ...]
+    # (cache key, message) for each extractor that raised
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    # seconds spent decoding ("decode") and in each extractor (by cache key)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ExtractionReport:
+    """Summary of one extract_features run."""
+
+    processed: int
+    skipped: int
+    # clips per flag ("ok" for clean clips); a clip with several flags counts under each
+    status_counts: dict[str, int]
+    # (clip name, cache key, error message) for every extractor failure
+    errors: list[tuple[str, str, str]]
+    elapsed: float
+    # seconds summed over clips: "decode" and one entry per cache key
+    seconds: dict[str, float]
+    cache_keys: list[str]
+
+    @property
+    def clips_per_second(self) -> float:
+        """Processed and skipped clips per wall-clock second."""
+        return (self.processed + self.skipped) / max(self.elapsed, 1e-9)
+
+
+def _empty_clip(name: str) -> media.DecodedClip:
+    return media.DecodedClip(name=name, audio=None, frames=None, frame_times=None, duration=0.0)
+
+
+def _checked(result: FeatureResult, dim: int) -> FeatureResult:
+    """`result` with its vector checked to be (dim,) and finite; raises ValueError otherwise."""
+    if result.vector is None:
+        return result
+    vector = np.asarray(result.vector, dtype=np.float32)
+    if vector.shape != (dim,) or not np.isfinite(vector).all():
+        raise ValueError(
+            f"extractor returned shape {vector.shape} or non-finite values, expected finite ({dim},)"
+        )
+    return FeatureResult(finite_vector(vector, dim), tuple(result.status))
+
+
+class ClipWorker:
+    """Runs a fixed set of extractors on clips and writes their cache files; one per process."""
+
+    def __init__(self, extractors: list[Extractor], cache_root: Path, num_frames: int) -> None:
+        self.extractors = extractors
+        self.keys = [cache_key(e) for e in extractors]
+        self.cache_root = Path(cache_root)
+        self.num_frames = num_frames
+
+    def _decode(self, ref: ClipRef, todo: list[Extractor]) -> tuple[media.DecodedClip, str]:
+        """The decoded clip (or an empty one when no pending extractor needs media) and the decode error."""
+        if ref.path is None or all(e.modality == "text" for e in todo):
+            return _empty_clip(ref.name), ""
+        try:
+            clip = media.decode_clip(Path(ref.path), name=ref.name, num_frames=self.num_frames)
+        except NotImplementedError:
+            raise
+        except Exception as err:  # decode_clip should flag broken files itself; this is the last resort
+            clip = _empty_clip(ref.name)
+            clip.status = ("unreadable",)
+            return clip, f"{type(err).__name__}: {err}"
+        return clip, clip.error or ""
+
+    def process(self, ref: ClipRef) -> ClipOutcome:
+        """Skip `ref` when every cache file validates, else decode once and run the pending extractors."""
+        name = check_name(ref.name)
+        paths = [clip_path(self.cache_root, key, name) for key in self.keys]
+        entries = [read_entry(path, e.dim) for path, e in zip(paths, self.extractors, strict=True)]
+        # an entry whose extractor raised is retried: the failure may have been transient or fixed since
+        entries = [entry if entry is not None and not entry.error else None for entry in entries]
+        todo = [e for e, entry in zip(self.extractors, entries, strict=True) if entry is None]
+        if not todo:
+            flags = [
+                ref.status,
+                *(entry.clip_status for entry in entries),
+                *(entry.status for entry in entries),
+            ]
+            return ClipOutcome(name, computed=False, status=merge_status(*flags))
+
+        started = time.perf_counter()
+        clip, decode_error = self._decode(ref, todo)
+        outcome = ClipOutcome(
+            name, computed=True, status=(), seconds={"decode": time.perf_counter() - started}
+        )
+        clip_status = merge_status(ref.status, clip.status)
+        flags = [clip_status]
+        for extractor, key, path, entry in zip(self.extractors, self.keys, paths, entries, strict=True):
+            if entry is not None:
+                flags.append(entry.status)
+                continue
+            started = time.perf_counter()
+            error = ""
+            try:
+                result = _checked(extractor.extract(clip, ref.transcript), extractor.dim)
+            except Exception as err:  # one broken clip must not stop a 120,000-clip run
+                error = f"{type(err).__name__}: {err}"
+                result = FeatureResult(None, (MISSING_STATUS[extractor.modality],))
+                outcome.errors.append((key, error))
+            outcome.seconds[key] = time.perf_counter() - started
+            write_entry(path, result, extractor.dim, clip_status, error or decode_error)
+            flags.append(result.status)
+        outcome.status = merge_status(*flags)
+        return outcome
+
+
+# One ClipWorker per pool process, built by _init_worker: extractors load their models once per process and a
+# pool task can only reach per-process state through a module global.
+_WORKER: ClipWorker | None = None
+
+
+def _limit_threads() -> None:
+    """One compute thread per worker process: `workers` processes already use the cores."""
+    for var in _THREAD_VARS:
+        os.environ[var] = "1"
+    import cv2
+
+    cv2.setNumThreads(1)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
+def _init_worker(names: Sequence[str], options: dict[str, dict], cache_root: Path, num_frames: int) -> None:
+    global _WORKER
+    _limit_threads()
+    _WORKER = ClipWorker(_build_all(names, options, num_frames), cache_root, num_frames)
+
+
+def _process_in_worker(ref: ClipRef) -> ClipOutcome:
+    assert _WORKER is not None, "pool worker used before _init_worker"
+    return _WORKER.process(ref)
+
+
+def _build_all(names: Sequence[str], options: dict[str, dict], num_frames: int) -> list[Extractor]:
+    return [build_extractor(name, num_frames=num_frames, **options.get(name, {})) for name in names]
+
+
+def write_status_csv(cache_root: Path, statuses: dict[str, tuple[str, ...]]) -> Path:
+    """Merge `statuses` (name -> flags) into <cache_root>/status.csv, keeping rows of other clips.
+
+    Returns:
+        the path of status.csv.
+    """
+    path = Path(cache_root) / STATUS_FILE
+    rows: dict[str, str] = {}
+    if path.is_file():
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = {row["name"]: format_status(parse_status(row["status"])) for row in csv.DictReader(handle)}
+    rows.update({name: format_status(status) for name, status in statuses.items()})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["name", "status"])
+    writer.writerows(rows.items())
+    atomic_write_text(path, buffer.getvalue())
+    return path
+
+
+def _outcomes(
+    refs: list[ClipRef],
+    names: Sequence[str],
+    options: dict[str, dict],
+    cache_root: Path,
+    workers: int,
+    num_frames: int,
+) -> Iterator[ClipOutcome]:
+    """Outcomes in completion order, in this process (workers=1) or a pool of spawned processes."""
+    if workers <= 1:
+        worker = ClipWorker(_build_all(names, options, num_frames), cache_root, num_frames)
+        yield from map(worker.process, refs)
+        return
+    # spawn, not fork: the parent may hold torch or OpenMP threads, which a forked child inherits broken
+    context = multiprocessing.get_context("spawn")
+    chunksize = max(1, min(16, len(refs) // (workers * 8)))
+    with context.Pool(workers, _init_worker, (tuple(names), options, Path(cache_root), num_frames)) as pool:
+        yield from pool.imap_unordered(_process_in_worker, refs, chunksize=chunksize)
+
+
+def extract_features(
+    refs: list[ClipRef],
+    extractor_names: Sequence[str],
+    cache_root: Path,
+    workers: int = 2,
+    num_frames: int = 8,
+    progress: bool = True,
+    extractor_options: dict[str, dict] | None = None,
+) -> ExtractionReport:
+    """Extract and cache every extractor's features for `refs`; see the module docstring.
+
+    Returns:
+        an ExtractionReport (counts, per-status counts, errors, timings).
+    Raises:
+        ValueError: for an unknown extractor or option, a duplicate or unsafe clip name, or workers < 1.
+    """
+    from tqdm import tqdm
+
+    if workers < 1:
+        raise ValueError(f"workers={workers}: use 1 (in-process) or more worker processes")
+    options = dict(extractor_options or {})
+    unknown = sorted(set(options) - set(extractor_names))
+    if unknown:
+        raise ValueError(f"extractor_options for {unknown} but extractors are {list(extractor_names)}")
+    duplicates = sorted(name for name, count in Counter(ref.name for ref in refs).items() if count > 1)
+    if duplicates:
+        raise ValueError(
+            f"{len(duplicates)} clip name(s) appear twice, e.g. {duplicates[:3]}; names must be unique"
+        )
+    for ref in refs:
+        check_name(ref.name)
+    cache_root = Path(cache_root)
+    # the parent builds extractors only for their keys and meta.json; models load lazily in the workers
+    keys = [write_meta(cache_root, e) for e in _build_all(extractor_names, options, num_frames)]
+
+    started = time.perf_counter()
+    statuses: dict[str, tuple[str, ...]] = {}
+    status_counts: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()
+    errors: list[tuple[str, str, str]] = []
+    processed = skipped = 0
+    outcomes = _outcomes(refs, extractor_names, options, cache_root, workers, num_frames)
+    for outcome in tqdm(outcomes, total=len(refs), disable=not progress, unit="clip", desc="features"):
+        statuses[outcome.name] = outcome.status
+        status_counts.update(outcome.status or ("ok",))
+        seconds.update(outcome.seconds)
+        errors.extend((outcome.name, key, message) for key, message in outcome.errors)
+        processed += outcome.computed
+        skipped += not outcome.computed
+    write_status_csv(cache_root, {ref.name: statuses[ref.name] for ref in refs})
+    return ExtractionReport(
+        processed=processed,
+        skipped=skipped,
+        status_counts=dict(status_counts),
+        errors=errors,
+        elapsed=time.perf_counter() - started,
+        seconds=dict(seconds),
+        cache_keys=keys,
+    )
