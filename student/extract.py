@@ -13,7 +13,16 @@ from typing import Any
 
 from clips.dataset import Corpus, load_corpus
 from clips.run import RunPaths
-from student.features import DEFAULT_EXTRACTORS, EXTRACTORS, ExtractionReport, extract_features
+from student.features import (
+    DEFAULT_EXTRACTORS,
+    EXTRACTORS,
+    ExtractionReport,
+    FeatureSet,
+    build_extractor,
+    cache_key,
+    extract_features,
+    load_features,
+)
 
 
 @dataclass
@@ -28,6 +37,11 @@ class FeatureSettings:
     workers: int = 2
     # frames sampled per clip
     num_frames: int = 8
+
+    def keys(self) -> list[str]:
+        """Cache folder of each extractor: its name plus a hash of its settings (building loads no model)."""
+        return [cache_key(build_extractor(name, num_frames=self.num_frames, **self.extractor_options.get(name, {})))
+                for name in self.extractors]
 
     def __post_init__(self) -> None:
         self.extractors = tuple(self.extractors)
@@ -66,12 +80,9 @@ def run_features(corpus: Corpus, run: Path, settings: FeatureSettings, progress:
     )
 
 
-def load_run_features(run: Path, settings: FeatureSettings, names: list[str]):
-    """The cached FeatureSet of `names` (student.features.FeatureSet)."""
-    from student.features import load_features
-
-    return load_features(RunPaths(run).features, settings.extractors, names,
-                         extractor_options=settings.extractor_options)
+def load_run_features(run: Path, settings: FeatureSettings, names: list[str]) -> FeatureSet:
+    """The cached features of `names`, rows in that order."""
+    return load_features(RunPaths(run).features, settings.keys(), names)
 
 
 def features_stage(cfg: FeaturesConfig) -> ExtractionReport:
