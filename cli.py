@@ -8,6 +8,8 @@ Usage:
     python cli.py distill --data mer2024-dataset --run runs/a
     python cli.py submit --data mer2024-dataset --run runs/a --candidates candidates.csv
     python cli.py evaluate runs/a/submission.csv labels.csv --png confusion.png
+    python cli.py teacher-train --data mer2024-dataset --out runs/a/teacher --config configs/teacher-audio.yaml
+    python cli.py ask clip.mp4 --model runs/a/teacher/merged --family qwen2_audio --view audio
 """
 
 from __future__ import annotations
@@ -113,7 +115,6 @@ def teacher_label_cmd(config_path, data, run, unlabelled_dir, workers, batch_siz
 def distill_cmd(config_path, data, run, unlabelled_dir, workers, no_pseudo, threshold, epochs, out, quiet) -> None:
     """Train the fusion student on labelled + pseudo-labelled clips; prints its 5-fold WAF."""
     from clips.scoring import format_scores
-
     from student.distill import DistillConfig, distill
 
     overrides = {**_common(data, run, unlabelled_dir, workers, quiet), "use_pseudo": False if no_pseudo else None,
@@ -181,6 +182,56 @@ def demo_cmd(config_path, out, labelled, unlabelled, quiet) -> None:
     click.echo("")
     click.echo(result.table())
     click.echo("time per step: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+
+
+@main.command("teacher-train", epilog="Example: python cli.py teacher-train --data mer2024-dataset "
+                                      "--out runs/a/teacher --model Qwen/Qwen2-Audio-7B-Instruct --family qwen2_audio "
+                                      "--view audio")
+@CONFIG
+@DATA
+@UNLABELLED
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for adapter/, merged/ and report.json.")
+@click.option("--model", help="Base checkpoint folder or hub id of the teacher.")
+@click.option("--family", help="Model family: qwen2_audio, qwen2_5_vl, qwen2_5_omni or qwen2_5_text.")
+@click.option("--view", help="What the teacher sees: audio, frames, face, audio+video or text.")
+@click.option("--epochs", type=int, help="Training epochs.")
+@click.option("--qlora", is_flag=True, default=None, help="Load the base in 4-bit (QLoRA; CUDA).")
+@QUIET
+def teacher_train_cmd(config_path, data, unlabelled_dir, out, model, family, view, epochs, qlora, quiet) -> None:
+    """LoRA-fine-tune an LLM teacher on the labelled clips; prints its held-out WAF."""
+    from teacher.finetune import TeacherTrainConfig, teacher_train
+
+    overrides = {"data": data, "unlabelled_dir": unlabelled_dir, "out": out, "epochs": epochs, "qlora": qlora,
+                 "teacher": {"model": model, "family": family, "view": view}, "progress": False if quiet else None}
+    report = teacher_train(_build(TeacherTrainConfig, config_path, overrides))
+    waf = "n/a" if report.waf is None else f"{report.waf:.4f}"
+    click.echo(f"held-out WAF {waf} on {report.held_clips} clips; trained on {report.train_clips}")
+    merged = f"; merged export: {report.merged_dir}" if report.merged_dir else ""
+    click.echo(f"adapter: {report.adapter_dir}{merged}")
+
+
+@main.command("ask", epilog="Example: python cli.py ask clip.mp4 --model Qwen/Qwen2.5-Omni-7B --family qwen2_5_omni "
+                            "--view audio+video --question \"Why is she upset?\"")
+@click.argument("clip", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@CONFIG
+@click.option("--model", help="One agent's checkpoint folder or hub id (else the config's `agents`).")
+@click.option("--family", help="Its model family.")
+@click.option("--view", help="What it sees: audio, frames, face, audio+video or text.")
+@click.option("--adapter", help="Its LoRA adapter folder.")
+@click.option("--question", help="Free-text question (default: the cues behind the emotion).")
+@click.option("--transcript", help="The clip's transcript, for agents that read one.")
+@click.option("--max-new-tokens", type=int, help="Greedy tokens generated for the answer.")
+def ask_cmd(clip, config_path, model, family, view, adapter, question, transcript, max_new_tokens) -> None:
+    """Print each LLM agent's label probabilities for one clip and a short generated answer."""
+    from teacher.llm_agent import AskConfig, ask_clip
+
+    agents = None
+    if model or family:
+        options = {k: v for k, v in {"model": model, "family": family, "view": view, "adapter": adapter}.items() if v}
+        agents = [{"name": family or "llm", "kind": "llm", "options": options}]
+    cfg = _build(AskConfig, config_path, {"clip": clip, "agents": agents, "question": question,
+                                          "transcript": transcript, "max_new_tokens": max_new_tokens})
+    ask_clip(cfg.clip, cfg.agents, cfg.question, cfg.transcript, cfg.max_new_tokens, echo=click.echo)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ their agreement with the true labels can be measured without leakage.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 from clips.labels import NUM_LABELS, label_index
 
-AGENT_KINDS = ("features",)
+AGENT_KINDS = ("features", "llm")
 
 
 @dataclass
@@ -32,8 +32,8 @@ class AgentSpec:
 
     # unique agent name; also its folder name in the store
     name: str
-    # "features": a classifier on cached features of one modality
-    kind: Literal["features"] = "features"
+    # "features": a classifier on cached features of one modality; "llm": a Qwen teacher (teacher.llm_agent)
+    kind: Literal["features", "llm"] = "features"
     # features: which modality's extractors it reads ("audio", "visual", "text", or "all")
     modality: str | None = None
     # features: inverse L2 strength of the logistic regression
@@ -42,6 +42,8 @@ class AgentSpec:
     folds: int = 5
     # random seed of the fold split
     seed: int = 0
+    # llm: model, family, view, ... (validated by teacher.llm_agent.LLMAgentOptions)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in AGENT_KINDS:
@@ -51,6 +53,10 @@ class AgentSpec:
                              "(audio, visual, text or all)")
         if self.folds < 2:
             raise ValueError(f"agent {self.name!r}: folds={self.folds}; use at least 2")
+        if self.kind == "llm":
+            from teacher.llm_agent import LLMAgentOptions  # light: torch loads only when the agent is built
+
+            LLMAgentOptions.from_options(self.options, self.name)
 
 
 def default_agents() -> list[AgentSpec]:
@@ -80,6 +86,8 @@ class AgentContext:
     features: Any
     # labelled clip names and their label strings
     labels: dict[str, str]
+    # every clip by name, for agents that read media (llm agents); None when not given
+    clips: dict[str, Any] | None = None
 
 
 class FeatureAgent:
@@ -148,8 +156,15 @@ def _build_feature_agent(spec: AgentSpec, context: AgentContext) -> Agent:
     return FeatureAgent(spec, context)
 
 
+def _build_llm_agent(spec: AgentSpec, context: AgentContext) -> Agent:
+    from teacher.llm_agent import build_llm_agent  # torch and transformers load only when an llm agent is used
+
+    return build_llm_agent(spec, context)
+
+
 AGENT_BUILDERS: dict[str, Callable[[AgentSpec, AgentContext], Agent]] = {
     "features": _build_feature_agent,
+    "llm": _build_llm_agent,
 }
 
 

@@ -71,7 +71,8 @@ def teacher_label(cfg: TeacherLabelConfig) -> TeacherLabelReport:
     run_features(corpus, cfg.run, cfg.features, cfg.progress)
     names = [ref.name for ref in corpus.all()]
     features = load_run_features(cfg.run, cfg.features, names)
-    context = AgentContext(features=features, labels={r.name: r.label for r in corpus.labelled})
+    context = AgentContext(features=features, labels={r.name: r.label for r in corpus.labelled},
+                           clips={r.name: r for r in corpus.all()})
     store = AgentStore(RunPaths(cfg.run).agents)
     scored: dict[str, int] = {}
     skipped: dict[str, int] = {}

@@ -1,0 +1,225 @@
+"""transformers backend: load a Qwen teacher (optionally with a LoRA adapter or 4/8-bit weights) and score clips.
+
+Usage:
+    model, processor = load_model("Qwen/Qwen2-Audio-7B-Instruct", get_family("qwen2_audio"), adapter="runs/a/lora")
+    plan = plan_scoring(label_words("en"), tokenizer_of(processor))
+    scorer = HFScorer(model, processor, get_family("qwen2_audio"), plan)
+    probs = scorer.score(requests)           # (n, 6), requests from llm.requests.build_request
+    text = scorer.generate(requests[0], max_new_tokens=32)
+
+One forward pass per batch. The vocabulary projection is applied only to the last few positions (the answer),
+because full logits are (batch, length, 151k) floats: gigabytes for a batch of 30 s Qwen2-Audio clips.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from llm.families import Family
+from llm.requests import Request
+from llm.scoring import END_TOKEN, LabelScoring, first_token_probs, sequence_probs
+
+log = logging.getLogger(__name__)
+
+Quantization = Literal["none", "4bit", "8bit"]
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """"auto" -> CUDA when available, else CPU; otherwise torch.device(device).
+
+    Raises ValueError when a CUDA device is asked for and none is visible.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA GPU is visible; use device 'cpu' or 'auto'")
+    return chosen
+
+
+def model_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA (the Qwen checkpoints' dtype), float32 on CPU (bf16 matmuls are slow there)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def quantization_config(quantization: Quantization, device: torch.device, force: bool = False):
+    """BitsAndBytesConfig for "4bit" (nf4, double quant) or "8bit"; None for "none".
+
+    Raises ValueError on CPU unless `force`: bitsandbytes runs there but slowly and only for smoke tests.
+    """
+    if quantization == "none":
+        return None
+    if quantization not in ("4bit", "8bit"):
+        raise ValueError(f"quantization {quantization!r}: use 'none', '4bit' or '8bit'")
+    if device.type != "cuda" and not force:
+        raise ValueError(f"quantization {quantization!r} needs a CUDA GPU (device is {device}); use quantization "
+                         "'none' on CPU, or force_quantization=True for a slow smoke test")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=model_dtype(device))
+
+
+def tokenizer_of(processor):
+    """The tokenizer inside a processor (a text checkpoint's processor is its tokenizer)."""
+    return getattr(processor, "tokenizer", processor)
+
+
+def load_processor(model: str | Path):
+    """AutoProcessor of a checkpoint folder or hub id, with left padding (answers then end every row)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(model))
+    tokenizer_of(processor).padding_side = "left"
+    return processor
+
+
+def load_model(model: str | Path, family: Family, adapter: str | Path | None = None, device: str = "auto",
+               quantization: Quantization = "none", force_quantization: bool = False):
+    """(model in eval mode, processor) of `model` loaded as `family.model_class`, with `adapter` applied if given.
+
+    Raises ValueError for a bad device or quantization request.
+    """
+    net = load_weights(model, family, adapter, device, quantization, force_quantization)
+    return net, load_processor(model)
+
+
+def load_weights(model: str | Path, family: Family, adapter: str | Path | None = None, device: str = "auto",
+                 quantization: Quantization = "none", force_quantization: bool = False):
+    """The model alone (eval mode) of load_model: for reloads that reuse a processor."""
+    import transformers
+
+    target = pick_device(device)
+    quant = quantization_config(quantization, target, force_quantization)
+    model_class = getattr(transformers, family.model_class)
+    kwargs = {"dtype": model_dtype(target)}
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map={"": target.index or 0} if target.type == "cuda"
+                      else "cpu")
+    net = model_class.from_pretrained(str(model), **kwargs)
+    if quant is None:
+        net = net.to(target)
+    if adapter is not None:
+        from peft import PeftModel
+
+        net = PeftModel.from_pretrained(net, str(adapter))
+    return net.eval()
+
+
+def encode(processor, family: Family, texts: Sequence[str], audios: Sequence[np.ndarray] | None = None,
+           videos: Sequence[np.ndarray] | None = None, video_kwargs: dict | None = None):
+    """Processor call for a batch: tokens (left padded) plus audio features and video patches as given."""
+    kwargs = {"text": list(texts), "return_tensors": "pt", "padding": True}
+    if audios:
+        kwargs.update(audio=list(audios), **family.processor_kwargs)
+    if videos:
+        limits = family.video
+        kwargs.update(videos=list(videos), fps=limits.fps, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels)
+        kwargs.update(video_kwargs or {})
+    return processor(**kwargs)
+
+
+def encode_requests(processor, family: Family, requests: Sequence[Request], suffixes: Sequence[str] | None = None,
+                    video_kwargs: dict | None = None):
+    """Processor inputs of `requests`, each prompt followed by its suffix (an answer, when training or scoring
+    sequences). Raises ValueError when the batch mixes clips with and without a medium."""
+    texts = [r.prompt + (suffixes[i] if suffixes else "") for i, r in enumerate(requests)]
+    audios = [r.audio for r in requests if r.audio is not None]
+    videos = [r.video for r in requests if r.video is not None]
+    if (audios and len(audios) != len(requests)) or (videos and len(videos) != len(requests)):
+        raise ValueError("a batch mixes clips with and without a medium; build the requests of one view per batch")
+    return encode(processor, family, texts, audios, videos, video_kwargs)
+
+
+@contextmanager
+def last_positions_only(model, keep: int) -> Iterator[None]:
+    """Apply the output projection (lm_head) to the last `keep` positions only while inside the block."""
+    head = model.get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda _module, args: (args[0][:, -keep:], *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def answer_logprobs(model, inputs, answers: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of each row's answer tokens, which end the (left-padded) row.
+
+    Returns (logprobs, mask), both (rows, K) with K the longest answer; mask is 1 on a row's answer tokens.
+    Raises ValueError when a row does not end with its answer ids (a BPE merge across the prompt/answer boundary).
+    """
+    width = max(len(a) for a in answers)
+    ids = inputs["input_ids"]
+    mask = torch.zeros(len(answers), width, device=ids.device)
+    for row, answer in enumerate(answers):
+        if ids[row, -len(answer):].tolist() != list(answer):
+            raise ValueError(f"row {row} does not end with its answer ids {list(answer)} (got "
+                             f"{ids[row, -len(answer):].tolist()}): the prompt and answer merged into other tokens")
+        mask[row, width - len(answer):] = 1
+    with last_positions_only(model, width + 1):
+        logits = model(**inputs).logits  # (rows, width + 1, V)
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)           # position t predicts token t + 1
+    picked = logp.gather(-1, ids[:, -width:, None]).squeeze(-1)        # (rows, width)
+    return picked * mask, mask
+
+
+class HFScorer:
+    """Scores Requests with a loaded transformers model: (n, 6) label probabilities per call."""
+
+    def __init__(self, model, processor, family: Family, plan: LabelScoring, batch_size: int = 8,
+                 video_kwargs: dict | None = None):
+        self.model = model
+        self.processor = processor
+        self.family = family
+        self.plan = plan
+        self.batch_size = batch_size
+        self.video_kwargs = video_kwargs or {}
+        tokenizer_of(processor).padding_side = "left"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _encode(self, requests: Sequence[Request], suffixes: Sequence[str] | None = None):
+        return encode_requests(self.processor, self.family, requests, suffixes, self.video_kwargs).to(self.device)
+
+    @torch.no_grad()
+    def score(self, requests: Sequence[Request]) -> np.ndarray:
+        """(len(requests), 6) probabilities over the labels, in batches of `batch_size` clips."""
+        out = np.zeros((len(requests), len(self.plan.words)), dtype=np.float32)
+        for begin in range(0, len(requests), self.batch_size):
+            batch = requests[begin:begin + self.batch_size]
+            out[begin:begin + len(batch)] = (self._first_token(batch) if self.plan.mode == "first_token"
+                                             else self._sequence(batch))
+        return out
+
+    def _first_token(self, batch: Sequence[Request]) -> np.ndarray:
+        inputs = self._encode(batch)
+        with last_positions_only(self.model, 1):
+            logits = self.model(**inputs).logits[:, -1]  # (B, V): left padding puts the answer slot last
+        return first_token_probs(logits.float().cpu().numpy(), self.plan)
+
+    def _sequence(self, batch: Sequence[Request]) -> np.ndarray:
+        words = self.plan.words
+        rows = [r for r in batch for _ in words]                     # each clip once per label
+        suffixes = [w + END_TOKEN for _ in batch for w in words]
+        answers = [a for _ in batch for a in self.plan.answer_ids]
+        logp, _ = answer_logprobs(self.model, self._encode(rows, suffixes), answers)
+        return sequence_probs(logp.sum(-1).view(len(batch), len(words)).cpu().numpy())
+
+    @torch.no_grad()
+    def generate(self, request: Request, max_new_tokens: int = 32) -> str:
+        """Greedy free text after `request.prompt` (special tokens dropped)."""
+        inputs = self._encode([request])
+        tokens = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new = tokens[0, inputs["input_ids"].shape[1]:]
+        return tokenizer_of(self.processor).decode(new, skip_special_tokens=True).strip()

@@ -1,0 +1,255 @@
+"""`teacher-train`: LoRA fine-tuning of an LLM teacher on the labelled clips, answer-only loss, held-out WAF.
+
+Usage:
+    report = teacher_train(TeacherTrainConfig(data=Path("mer2024-dataset"), out=Path("runs/a/teacher"),
+                                              teacher=LLMAgentOptions(model="Qwen/Qwen2-Audio-7B-Instruct",
+                                                                      family="qwen2_audio", view="audio")))
+    report = train_teacher(cfg, labelled_refs)         # the same on a list of ClipRefs (tests, custom corpora)
+
+Writes `out/adapter` (standard peft: adapter_config.json + adapter_model.safetensors, for the hf backend and for
+vLLM LoRA on Qwen2.5-VL / Omni), `out/merged` (LoRA merged into the base weights + processor files: how Qwen2-Audio,
+which has no LoRA in vLLM, is served) and `out/report.json`. The loss covers only the answer `<label><|im_end|>`;
+LoRA targets the language model only (the family's regex); QLoRA loads the base in 4-bit (CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import train_test_split
+from tqdm import tqdm
+
+from clips.config import to_dict
+from clips.dataset import ClipRef, load_corpus
+from clips.labels import LABELS, label_index
+from llm.hf_backend import (
+    HFScorer,
+    answer_logprobs,
+    encode_requests,
+    load_model,
+    load_processor,
+    load_weights,
+    tokenizer_of,
+)
+from llm.prompts import label_words
+from llm.requests import Request
+from llm.scoring import END_TOKEN, LabelScoring, plan_scoring
+from teacher.llm_agent import ClipRequests, LLMAgentOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoraSettings:
+    """The LoRA adapter's shape."""
+
+    # rank (keep <= vLLM's max_lora_rank when serving with LoRA)
+    r: int = 16
+    # scaling numerator (scale = alpha / r)
+    alpha: int = 32
+    dropout: float = 0.05
+
+
+@dataclass
+class TeacherTrainConfig:
+    """Settings of `teacher-train`."""
+
+    # dataset folder (MER2024 release layout or a generic folder)
+    data: Path
+    # output folder for adapter/, merged/ and report.json
+    out: Path
+    # the teacher: model, family, view, language, frames... (the llm agent options; adapter ignored)
+    teacher: LLMAgentOptions
+    # the unlabelled folder's name inside `data`; found automatically when None
+    unlabelled_dir: str | None = None
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    # 4-bit base weights (QLoRA); needs CUDA
+    qlora: bool = False
+    epochs: int = 2
+    learning_rate: float = 1e-4
+    # clips per forward pass
+    batch_size: int = 4
+    # forward passes per optimiser step (effective batch = batch_size x grad_accum)
+    grad_accum: int = 4
+    # share of the labelled clips held out to report the teacher's WAF (stratified)
+    held_out: float = 0.1
+    # write out/merged (merge_and_unload + processor files)
+    merge: bool = True
+    seed: int = 0
+    # show progress bars
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("epochs", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)}: use a positive number")
+        if not 0.0 <= self.held_out < 1.0:
+            problems.append(f"held_out={self.held_out}: use a share in [0, 1)")
+        if self.learning_rate <= 0:
+            problems.append(f"learning_rate={self.learning_rate}: use a positive rate")
+        if self.lora.r < 1:
+            problems.append(f"lora.r={self.lora.r}: use a positive rank")
+        if problems:
+            raise ValueError("teacher-train: " + "; ".join(problems))
+
+
+@dataclass
+class TeacherTrainReport:
+    """What one teacher-train run produced."""
+
+    adapter_dir: Path
+    merged_dir: Path | None
+    # held-out weighted F1 and accuracy (None without a held-out fold)
+    waf: float | None
+    accuracy: float | None
+    # mean answer loss per optimiser step
+    losses: list[float]
+    train_clips: int
+    held_clips: int
+    # clips skipped because they lack the view's media
+    skipped: int
+    elapsed: float
+
+
+def teacher_train(cfg: TeacherTrainConfig) -> TeacherTrainReport:
+    """Fine-tune the teacher on every labelled clip of `cfg.data`; returns the report (also in out/report.json)."""
+    corpus = load_corpus(cfg.data, cfg.unlabelled_dir)
+    return train_teacher(cfg, corpus.labelled)
+
+
+def split_held_out(refs: list[ClipRef], share: float, seed: int) -> tuple[list[ClipRef], list[ClipRef]]:
+    """(train, held) with `share` of the clips held out, stratified by label when every class has 2+ clips."""
+    if share == 0 or len(refs) < 2:
+        return list(refs), []
+    labels = [r.label for r in refs]
+    counts = np.unique(labels, return_counts=True)[1]
+    held_n = max(1, round(share * len(refs)))
+    stratify = labels if counts.min() >= 2 and held_n >= len(counts) else None
+    train, held = train_test_split(refs, test_size=held_n, random_state=seed, stratify=stratify)
+    return list(train), list(held)
+
+
+def _answer_loss(model, processor, family, plan: LabelScoring, batch: list[tuple[Request, int]]):
+    """Mean negative log-likelihood of the answer tokens `<word><|im_end|>` (the prompt carries no loss)."""
+    requests = [r for r, _ in batch]
+    suffixes = [plan.words[y] + END_TOKEN for _, y in batch]
+    inputs = encode_requests(processor, family, requests, suffixes).to(next(model.parameters()).device)
+    logp, mask = answer_logprobs(model, inputs, [plan.answer_ids[y] for _, y in batch])
+    return -logp.sum() / mask.sum()
+
+
+def _requests(maker: ClipRequests, refs: list[ClipRef]) -> tuple[list[tuple[Request, int]], int]:
+    """(request, label index) of each clip that has the view's media, and the count skipped."""
+    out = []
+    for ref in refs:
+        request = maker.request(ref)
+        if request is not None:
+            out.append((request, label_index(ref.label)))
+    return out, len(refs) - len(out)
+
+
+def _load_trainable(cfg: TeacherTrainConfig, family):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    options = cfg.teacher
+    model, processor = load_model(options.model, family, device=options.device,
+                                  quantization="4bit" if cfg.qlora else "none")
+    if cfg.qlora:
+        model = prepare_model_for_kbit_training(model)
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=family.lora_targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora), processor
+
+
+def train_teacher(cfg: TeacherTrainConfig, labelled: list[ClipRef]) -> TeacherTrainReport:
+    """LoRA-train the teacher on `labelled` clips, report held-out WAF, save adapter (+ merged export).
+
+    Raises ValueError when no clip has the view's media.
+    """
+    start = time.perf_counter()
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    train_refs, held_refs = split_held_out(labelled, cfg.held_out, cfg.seed)
+
+    # phase 1: model + LoRA, and the requests (decoded once: a teacher run holds the labelled clips' media)
+    family = cfg.teacher.family_record()
+    model, processor = _load_trainable(cfg, family)
+    plan = plan_scoring(label_words(cfg.teacher.language), tokenizer_of(processor), cfg.teacher.scoring)
+    maker = ClipRequests(cfg.teacher, processor)
+    train, skipped = _requests(maker, train_refs)
+    held, held_skipped = _requests(maker, held_refs)
+    if not train:
+        raise ValueError(f"teacher-train: none of the {len(train_refs)} training clips has {cfg.teacher.view} media; "
+                         "check the view or the dataset")
+    log.info("teacher-train: %d train clips, %d held out, %d skipped without %s media", len(train), len(held),
+             skipped + held_skipped, cfg.teacher.view)
+
+    # phase 2: answer-only loss, gradient accumulation
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    batches_per_epoch = -(-len(train) // cfg.batch_size)
+    bar = tqdm(total=cfg.epochs * batches_per_epoch, desc="teacher-train", unit="batch", disable=not cfg.progress)
+    losses: list[float] = []
+    step_losses: list[float] = []
+    model.train()
+    for _ in range(cfg.epochs):
+        order = random.sample(train, len(train))
+        for b, begin in enumerate(range(0, len(order), cfg.batch_size)):
+            loss = _answer_loss(model, processor, family, plan, order[begin:begin + cfg.batch_size])
+            (loss / cfg.grad_accum).backward()
+            step_losses.append(loss.item())
+            if (b + 1) % cfg.grad_accum == 0 or b + 1 == batches_per_epoch:
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(float(np.mean(step_losses)))
+                step_losses = []
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
+    model.eval()
+
+    # phase 3: held-out WAF with the same scorer the agent uses
+    waf = accuracy = None
+    if held:
+        probs = HFScorer(model, processor, family, plan, cfg.teacher.batch_size).score([r for r, _ in held])
+        truth = [y for _, y in held]
+        pred = probs.argmax(1)
+        waf = float(f1_score(truth, pred, average="weighted", labels=range(len(LABELS)), zero_division=0))
+        accuracy = float(accuracy_score(truth, pred))
+        log.info("teacher-train: held-out WAF %.4f, accuracy %.4f on %d clips", waf, accuracy, len(held))
+
+    # phase 4: adapter, merged export, report
+    out = Path(cfg.out)
+    adapter_dir = out / "adapter"
+    model.save_pretrained(adapter_dir)
+    merged_dir = export_merged(cfg.teacher.model, adapter_dir, out / "merged", family, processor) if cfg.merge else None
+    report = TeacherTrainReport(adapter_dir=adapter_dir, merged_dir=merged_dir, waf=waf, accuracy=accuracy,
+                                losses=losses, train_clips=len(train), held_clips=len(held),
+                                skipped=skipped + held_skipped, elapsed=time.perf_counter() - start)
+    (out / "report.json").write_text(json.dumps({**{k: str(v) if isinstance(v, Path) else v
+                                                    for k, v in report.__dict__.items()},
+                                                 "config": to_dict(cfg)}, indent=2), encoding="utf-8")
+    return report
+
+
+def export_merged(base: str | Path, adapter_dir: Path, out: Path, family, processor=None, device: str = "cpu") -> Path:
+    """Base weights (full precision, even after QLoRA) + adapter merged, saved with the processor to `out`.
+
+    `processor` defaults to the base checkpoint's. Returns `out`.
+    """
+    from peft import PeftModel
+
+    merged = PeftModel.from_pretrained(load_weights(base, family, device=device), str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(out)
+    (processor or load_processor(base)).save_pretrained(out)
+    return out

@@ -1,0 +1,284 @@
+"""LLM teacher agents: a Qwen audio/vision/omni/text model scoring the six labels by its own likelihood.
+
+Usage (a teacher-label config):
+    agents:
+      - name: qwen-audio
+        kind: llm
+        options: {model: runs/a/teacher/merged, family: qwen2_audio, view: audio, backend: vllm}
+      - name: qwen-face
+        kind: llm
+        options: {model: Qwen/Qwen2.5-VL-7B-Instruct, adapter: runs/b/teacher/adapter, family: qwen2_5_vl,
+                  view: face, language: zh}
+In code:
+    agent = build_agent(spec, AgentContext(features=None, labels={}, clips={r.name: r for r in corpus.all()}))
+    probs = agent.score(names)        # (n, 6); NaN rows for clips without the view's media
+    answers = ask_clip(Path("clip.mp4"), [spec])      # prints probabilities and a short rationale per agent
+
+Clips are decoded on demand (clips.media.decode_clip), one scoring batch at a time, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from clips.config import from_dict
+from clips.dataset import ClipRef
+from clips.labels import LABELS, NUM_LABELS
+from clips.media import decode_clip
+from llm.families import FAMILY_BUILDERS, Family, get_family
+from llm.prompts import PROMPT_SETS, build_rationale_prompt, label_words
+from llm.requests import ClipMedia, Request, RequestSettings, build_request
+from llm.scoring import LabelScoring, plan_scoring
+from llm.views import clip_media
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("hf", "vllm")
+
+
+@dataclass
+class LLMAgentOptions:
+    """The `options` of an llm agent spec (also the teacher block of teacher-train)."""
+
+    # checkpoint folder or hub id (for Qwen2-Audio in vLLM: teacher-train's merged export)
+    model: str
+    # model family, a key of llm.families.FAMILY_BUILDERS
+    family: str
+    # what the model sees: audio, frames, face, audio+video or text; the family's first view when None
+    view: str | None = None
+    # peft LoRA adapter folder applied on top of `model`, or None
+    adapter: str | None = None
+    # prompt and label-word language: en or zh
+    language: str = "en"
+    # show the transcript above the question (the text view always does)
+    transcript: bool = False
+    # clips per forward pass (sequence scoring runs 6 rows per clip)
+    batch_size: int = 8
+    # "hf" (transformers) or "vllm"
+    backend: str = "hf"
+    # "auto" (first-token when label first tokens differ), "first_token" or "sequence"
+    scoring: Literal["auto", "first_token", "sequence"] = "auto"
+    # "auto", "cpu", "cuda" or "cuda:N" (hf backend)
+    device: str = "auto"
+    # hf backend weights: none, 4bit or 8bit (bitsandbytes, CUDA)
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    # frames sampled per clip for video views
+    num_frames: int = 8
+    # longest audio decoded, in seconds (Qwen2-Audio's window is 30 s)
+    max_seconds: float = 30.0
+    # video limits overriding the family's defaults (None keeps them)
+    fps: float | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    # vLLM engine arguments added to the defaults (max_model_len, gpu_memory_utilization, ...)
+    engine: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.family not in FAMILY_BUILDERS:
+            problems.append(f"family={self.family!r}: use one of {', '.join(FAMILY_BUILDERS)}")
+        else:
+            family = get_family(self.family)
+            self.view = self.view or family.views[0]
+            if self.view not in family.views:
+                problems.append(f"view={self.view!r}: family {self.family} takes {', '.join(family.views)}")
+        if self.language not in PROMPT_SETS:
+            problems.append(f"language={self.language!r}: use one of {', '.join(PROMPT_SETS)}")
+        if self.backend not in BACKENDS:
+            problems.append(f"backend={self.backend!r}: use one of {', '.join(BACKENDS)}")
+        if self.scoring not in ("auto", "first_token", "sequence"):
+            problems.append(f"scoring={self.scoring!r}: use auto, first_token or sequence")
+        if self.quantization not in ("none", "4bit", "8bit"):
+            problems.append(f"quantization={self.quantization!r}: use none, 4bit or 8bit")
+        for name in ("batch_size", "num_frames"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)}: use a positive number")
+        if self.max_seconds <= 0:
+            problems.append(f"max_seconds={self.max_seconds}: use a positive number of seconds")
+        if problems:
+            raise ValueError("llm agent options: " + "; ".join(problems))
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], agent: str = "llm agent") -> LLMAgentOptions:
+        """Options from an AgentSpec's `options` dict; raises ConfigError/ValueError naming the agent and keys."""
+        return from_dict(cls, dict(options), where=f"agent {agent!r} options")
+
+    def family_record(self) -> Family:
+        """The family with this agent's video limits applied."""
+        family = get_family(self.family)
+        if family.video is None:
+            return family
+        overrides = {k: getattr(self, k) for k in ("fps", "min_pixels", "max_pixels") if getattr(self, k) is not None}
+        return dataclasses.replace(family, video=dataclasses.replace(family.video, **overrides))
+
+    def request_settings(self) -> RequestSettings:
+        return RequestSettings(view=self.view, language=self.language, transcript=self.transcript)
+
+
+def _hf_scorer(options: LLMAgentOptions, family: Family, plan_for: Callable):
+    from llm.hf_backend import HFScorer, load_model, tokenizer_of
+
+    model, processor = load_model(options.model, family, options.adapter, options.device, options.quantization)
+    plan = plan_for(tokenizer_of(processor))
+    return HFScorer(model, processor, family, plan, options.batch_size), processor
+
+
+def _vllm_scorer(options: LLMAgentOptions, family: Family, plan_for: Callable):
+    from llm.hf_backend import load_processor, tokenizer_of
+    from llm.vllm_backend import VLLMScorer
+
+    processor = load_processor(options.model)
+    plan = plan_for(tokenizer_of(processor))
+    return VLLMScorer(options.model, family, plan, adapter=options.adapter, engine=options.engine), processor
+
+
+# backend name -> (options, family, plan builder) -> (scorer with .score/.generate/.plan, processor)
+SCORER_BUILDERS: dict[str, Callable] = {"hf": _hf_scorer, "vllm": _vllm_scorer}
+
+
+class ClipRequests:
+    """Builds an llm agent's model requests from ClipRefs: decode, cut the view, apply the chat template."""
+
+    def __init__(self, options: LLMAgentOptions, processor):
+        self.options = options
+        self.family = options.family_record()
+        self.processor = processor
+
+    def media(self, ref: ClipRef) -> ClipMedia | None:
+        """The clip's media for the view; None when the file is missing or unreadable."""
+        if self.options.view == "text":
+            return ClipMedia(name=ref.name, audio=None, frames=None, transcript=ref.transcript)
+        if ref.path is None:
+            return None
+        clip = decode_clip(ref.path, name=ref.name, num_frames=self.options.num_frames,
+                           max_seconds=self.options.max_seconds)
+        return clip_media(clip, self.options.view, ref.transcript)
+
+    def request(self, ref: ClipRef, question: str | None = None) -> Request | None:
+        """The model request of one clip, or None without the view's media."""
+        media = self.media(ref)
+        if media is None:
+            return None
+        return build_request(self.family, self.processor, media, self.options.request_settings(), question)
+
+
+class LLMAgent:
+    """An Agent (teacher.agents) backed by a Qwen model; needs the clips' ClipRefs in the context."""
+
+    def __init__(self, name: str, options: LLMAgentOptions, clips: dict[str, ClipRef] | None):
+        self.name = name
+        self.options = options
+        self.clips = clips or {}
+        words = label_words(options.language)
+        self.scorer, processor = SCORER_BUILDERS[options.backend](
+            options, options.family_record(), lambda tokenizer: plan_scoring(words, tokenizer, options.scoring))
+        self.requests = ClipRequests(options, processor)
+
+    @property
+    def plan(self) -> LabelScoring:
+        return self.scorer.plan
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": "llm", **dataclasses.asdict(self.options), "scoring_mode": self.plan.mode,
+                "label_words": list(self.plan.words), "label_first_ids": list(self.plan.first_ids)}
+
+    def score(self, names: Sequence[str]) -> np.ndarray:
+        out = np.full((len(names), NUM_LABELS), np.nan, dtype=np.float32)
+        rows, requests = [], []
+        for i, name in enumerate(names):
+            ref = self.clips.get(name)
+            request = self.requests.request(ref) if ref is not None else None
+            if request is not None:
+                rows.append(i)
+                requests.append(request)
+        if requests:
+            out[rows] = self.scorer.score(requests)
+        missing = len(names) - len(rows)
+        if missing:
+            log.info("agent %s: %d of %d clips lack %s media: NaN rows", self.name, missing, len(names),
+                     self.options.view)
+        return out
+
+
+def build_llm_agent(spec, context) -> LLMAgent:
+    """teacher.agents builder for kind "llm": options from spec.options, clips from context.clips."""
+    options = LLMAgentOptions.from_options(spec.options, spec.name)
+    clips = getattr(context, "clips", None)
+    if not clips:
+        raise ValueError(f"agent {spec.name!r}: an llm agent needs the clips (AgentContext.clips) to read media; "
+                         "teacher-label passes them, in code give AgentContext(..., clips={ref.name: ref})")
+    return LLMAgent(spec.name, options, clips)
+
+
+@dataclass
+class AskConfig:
+    """Settings of `ask`: one media file, the llm agents to ask, and an optional question."""
+
+    # video or audio file to ask about
+    clip: Path
+    # llm agent specs (kind llm, options as for teacher-label)
+    agents: list[Any] = field(default_factory=list)
+    # free-text question; None asks for the cues behind the emotion
+    question: str | None = None
+    # transcript of the clip, shown to agents that use one
+    transcript: str | None = None
+    # greedy tokens generated for the answer
+    max_new_tokens: int = 48
+
+    def __post_init__(self) -> None:
+        from teacher.agents import AgentSpec
+
+        self.agents = [a if isinstance(a, AgentSpec) else AgentSpec(**a) for a in self.agents]
+        if not self.agents:
+            raise ValueError("agents: the list is empty; give at least one llm agent spec (kind: llm)")
+        wrong = [a.name for a in self.agents if a.kind != "llm"]
+        if wrong:
+            raise ValueError(f"agents {wrong}: ask needs llm agents (kind: llm)")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens}: use a positive number")
+
+
+@dataclass
+class AskAnswer:
+    """One agent's answer about one clip."""
+
+    agent: str
+    # label -> probability; empty when the clip lacks the agent's media
+    probs: dict[str, float]
+    # the generated rationale or answer to the question
+    text: str
+
+
+def ask_clip(path: Path, agents: Sequence[Any], question: str | None = None, transcript: str | None = None,
+             max_new_tokens: int = 48, echo: Callable[[str], None] = print) -> list[AskAnswer]:
+    """Decode one file, and for each llm agent spec echo its label probabilities and a greedy free-text answer.
+
+    Without `question` the answer is a one-sentence rationale. Returns the answers; raises ValueError for a
+    missing file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"clip {path}: no such file; give a video or audio file")
+    ref = ClipRef(name=path.stem, path=path, label=None, transcript=transcript)
+    answers = []
+    for spec in agents:
+        agent = LLMAgent(spec.name, LLMAgentOptions.from_options(spec.options, spec.name), {ref.name: ref})
+        probs = agent.score([ref.name])[0]
+        if np.isnan(probs).any():
+            answers.append(AskAnswer(spec.name, {}, f"no {agent.options.view} media in {path.name}"))
+            echo(f"{spec.name}: {answers[-1].text}")
+            continue
+        prompt = question or build_rationale_prompt(agent.options.language, agent.options.view)
+        text = agent.scorer.generate(agent.requests.request(ref, question=prompt), max_new_tokens)
+        answers.append(AskAnswer(spec.name, dict(zip(LABELS, map(float, probs), strict=True)), text))
+        ranked = sorted(answers[-1].probs.items(), key=lambda kv: -kv[1])
+        echo(f"{spec.name}: " + "  ".join(f"{label} {p:.3f}" for label, p in ranked))
+        echo(f"{spec.name} says: {text}")
+    return answers

@@ -1,0 +1,111 @@
+import importlib.util
+import logging
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from llm.families import get_family
+from llm.prompts import label_words
+from llm.requests import Request
+from llm.scoring import plan_scoring
+from llm.vllm_backend import (
+    engine_kwargs,
+    parse_first_token,
+    parse_sequence,
+    sampling_params_kwargs,
+    scoring_requests,
+    vllm_request,
+)
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+
+
+def _logprob(value: float) -> SimpleNamespace:
+    return SimpleNamespace(logprob=value, rank=1, decoded_token="x")  # vllm.sequence.Logprob's fields
+
+
+def _request(audio: bool, video: bool) -> Request:
+    return Request(name="c", prompt="<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n",
+                   audio=np.zeros(16_000, np.float32) if audio else None,
+                   video=np.zeros((4, 56, 56, 3), np.uint8) if video else None)
+
+
+def test_request_dicts_per_family():
+    audio = vllm_request(_request(True, False), get_family("qwen2_audio"))
+    assert set(audio) == {"prompt", "multi_modal_data"}
+    wave, rate = audio["multi_modal_data"]["audio"]
+    assert rate == 16_000 and wave.shape == (16_000,)
+    video = vllm_request(_request(False, True), get_family("qwen2_5_vl"))
+    assert video["multi_modal_data"]["video"].shape == (4, 56, 56, 3)
+    assert video["mm_processor_kwargs"] == {"fps": 2.0, "min_pixels": 16 * 28 * 28, "max_pixels": 128 * 28 * 28}
+    omni = vllm_request(_request(True, True), get_family("qwen2_5_omni"))
+    assert set(omni["multi_modal_data"]) == {"audio", "video"}
+    assert omni["mm_processor_kwargs"]["use_audio_in_video"] is False
+    assert vllm_request(_request(False, False), get_family("qwen2_5_text")) == {"prompt": _request(0, 0).prompt}
+
+
+def test_sequence_requests_append_each_answer(qwen2_tok):
+    plan = plan_scoring(label_words("en"), qwen2_tok, "sequence")
+    dicts = scoring_requests([_request(True, False)] * 2, get_family("qwen2_audio"), plan)
+    assert len(dicts) == 12
+    assert dicts[7]["prompt"].endswith("assistant\nangry<|im_end|>")
+    assert sampling_params_kwargs(plan) == {"max_tokens": 1, "prompt_logprobs": 0, "temperature": 0.0}
+
+
+def test_parse_first_token_logprobs(qwen2_tok):
+    plan = plan_scoring(label_words("en"), qwen2_tok)
+    assert sampling_params_kwargs(plan) == {"max_tokens": 1, "logprobs": 20, "temperature": 0.0}
+    label_logp = np.log([0.4, 0.1, 0.2, 0.1, 0.05, 0.05])
+    top = {tok: _logprob(lp) for tok, lp in zip(plan.first_ids, label_logp, strict=True)}
+    top[11] = _logprob(np.log(0.05))  # a non-label token in the top-k
+    partial = {plan.first_ids[0]: _logprob(np.log(0.5)), 11: _logprob(np.log(0.1))}  # 5 labels outside the top-k
+    outputs = [SimpleNamespace(outputs=[SimpleNamespace(logprobs=[d])]) for d in (top, partial)]
+    probs, absent = parse_first_token(outputs, plan)
+    np.testing.assert_allclose(probs[0], np.array([0.4, 0.1, 0.2, 0.1, 0.05, 0.05]) / 0.9, rtol=1e-6)
+    np.testing.assert_allclose(probs[1], np.array([0.5, 0.1, 0.1, 0.1, 0.1, 0.1]) / 1.0, rtol=1e-6)
+    assert absent == 5
+
+
+def test_parse_sequence_prompt_logprobs(qwen2_tok):
+    plan = plan_scoring(label_words("en"), qwen2_tok, "sequence")
+    prompt_ids = [151644, 77091, 198]
+    totals = np.log([0.5, 0.1, 0.1, 0.1, 0.1, 0.1]) - 3.0
+    outputs = []
+    for answer, total in zip(plan.answer_ids, totals, strict=True):
+        per_token = [None] + [{9: _logprob(-1.0)}] * (len(prompt_ids) - 1)
+        shares = [total / len(answer)] * len(answer)   # the answer's log-likelihood split over its tokens
+        per_token += [{tok: _logprob(lp), 5: _logprob(-9.0)} for tok, lp in zip(answer, shares, strict=True)]
+        outputs.append(SimpleNamespace(prompt_token_ids=prompt_ids + list(answer), prompt_logprobs=per_token))
+    probs = parse_sequence(outputs, plan)
+    np.testing.assert_allclose(probs[0], [0.5, 0.1, 0.1, 0.1, 0.1, 0.1], rtol=1e-6)
+    outputs[0].prompt_token_ids = prompt_ids + [1, 2]
+    with pytest.raises(ValueError, match=r"does not end with the answer ids"):
+        parse_sequence(outputs, plan)
+
+
+def test_engine_kwargs_and_audio_lora_refused(caplog):
+    caplog.set_level(logging.INFO)
+    vl = engine_kwargs("m", get_family("qwen2_5_vl"), adapter="a", lora_rank=8)
+    assert vl["enable_lora"] and vl["max_lora_rank"] == 8 and vl["limit_mm_per_prompt"] == {"video": 1}
+    omni = engine_kwargs("m", get_family("qwen2_5_omni"), extra={"max_model_len": 4096})
+    assert omni["limit_mm_per_prompt"] == {"audio": 1, "video": 1} and omni["max_model_len"] == 4096
+    assert "limit_mm_per_prompt" not in engine_kwargs("m", get_family("qwen2_5_text"))
+    with pytest.raises(ValueError, match=r"qwen2_audio.*no LoRA support in vLLM; serve teacher-train's merged"):
+        engine_kwargs("m", get_family("qwen2_audio"), adapter="a")
+
+
+@pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (GPU environment only: pip install .[vllm])")
+def test_vllm_api_contract(qwen2_tok):
+    from vllm import EngineArgs, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    plan = plan_scoring(label_words("en"), qwen2_tok)
+    params = SamplingParams(**sampling_params_kwargs(plan))
+    assert params.max_tokens == 1 and params.logprobs == 20
+    sequence = plan_scoring(plan.words, qwen2_tok, "sequence")
+    assert SamplingParams(**sampling_params_kwargs(sequence)).prompt_logprobs == 0
+    lora = LoRARequest("teacher", 1, "/tmp/adapter")
+    assert lora.lora_int_id == 1
+    args = engine_kwargs("Qwen/Qwen2.5-VL-7B-Instruct", get_family("qwen2_5_vl"), adapter="/tmp/adapter")
+    EngineArgs(**args)
