@@ -3,13 +3,14 @@
 Usage:
     model = AttentionFusion(dims=[88, 600, 384], hidden=128, dropout=0.3, modality_dropout=0.2)
     model.fit_normalisation(blocks, masks, rows=train_rows)   # training rows only; kept as buffers
-    logits = model(blocks, masks)     # blocks: list of (B, D_m) float tensors, masks: (B, M) bool -> (B, 6)
+    logits = model(blocks, masks)   # blocks: list of (B, D_m) floats, masks: (B, M) bool -> (B, 6)
 
-The shape follows the MER2024 official baseline (MERTools `Attention`): a 3-layer MLP encoder per feature block, an
-attention MLP over the concatenated hidden vectors giving one score per modality, the score-weighted sum of the hidden
-vectors, and a linear classifier. Added here, because the pool has clips without a face or without speech: a softmax
-over the scores with missing modalities masked out, modality dropout in training, and input standardisation whose
-mean/std live in buffers so that a saved state dict carries them.
+The shape follows the MER2024 official baseline (MERTools `Attention`): a 3-layer MLP encoder per feature
+block, an attention MLP over the concatenated hidden vectors giving one score per modality, the
+score-weighted sum of the hidden vectors, and a linear classifier. Added here, because the pool has clips
+without a face or without speech: a softmax over the scores with missing modalities masked out, modality
+dropout in training, and input standardisation whose mean/std live in buffers so that a saved state dict
+carries them.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ _MIN_STD = 1e-6
 
 
 def _mlp(in_dim: int, hidden: int, dropout: float) -> nn.Sequential:
-    """The baseline's MLPEncoder: three Linear+ReLU+Dropout layers."""
-    layers: list[nn.Module] = []
+    """The baseline's MLPEncoder: dropout on the input, then three Linear+ReLU layers."""
+    layers: list[nn.Module] = [nn.Dropout(dropout)]
     for layer_in in (in_dim, hidden, hidden):
-        layers += [nn.Linear(layer_in, hidden), nn.ReLU(), nn.Dropout(dropout)]
+        layers += [nn.Linear(layer_in, hidden), nn.ReLU()]
     return nn.Sequential(*layers)
 
 
@@ -87,8 +88,8 @@ class AttentionFusion(nn.Module):
     ) -> None:
         """Set each block's mean/std from the `rows` (default all) where that modality is present.
 
-        Sums run in float64 over chunks of rows so a 100k-row fold needs no copy of its features. A block with no
-        present row keeps mean 0, std 1.
+        Sums run in float64 over chunks of rows so a 100k-row fold needs no copy of its features. A block
+        with no present row keeps mean 0, std 1.
         """
         rows = torch.arange(len(masks), device=masks.device) if rows is None else rows
         for m, (block, norm) in enumerate(zip(blocks, self.norms, strict=True)):
@@ -110,10 +111,10 @@ class AttentionFusion(nn.Module):
             norm.std.copy_(std.to(norm.std.dtype))
 
     def forward(self, blocks: Sequence[Tensor], masks: Tensor) -> Tensor:
-        """Logits (B, num_classes) from `blocks` (list of (B, D_m)) and `masks` (B, M) bool, True = present.
+        """Logits (B, num_classes) from `blocks` (list of (B, D_m)) and `masks` (B, M), True = present.
 
-        A missing modality's values never reach the output (they may be anything, NaN included); a row with every
-        modality missing gets the classifier's bias.
+        A missing modality's values never reach the output (they may be anything, NaN included); a row with
+        every modality missing gets the classifier's bias.
         """
         if self.training and self.modality_dropout > 0:
             masks = drop_modalities(masks, self.modality_dropout)
@@ -125,7 +126,7 @@ class AttentionFusion(nn.Module):
             hidden.append(torch.where(present, encoder(x), 0.0))  # (B, H)
         stacked = torch.stack(hidden, dim=1)  # (B, M, H)
         scores = self.fc_att(self.attention_mlp(stacked.flatten(1)))  # (B, M)
-        # finite fill, not -inf: an all-missing row then softmaxes to uniform instead of NaN, and the mask zeroes it
+        # finite fill, not -inf: an all-missing row softmaxes to uniform, not NaN, and the mask zeroes it
         scores = scores.masked_fill(~masks, torch.finfo(scores.dtype).min)
         weights = torch.softmax(scores, dim=1) * masks  # (B, M)
         fused = (weights.unsqueeze(2) * stacked).sum(dim=1)  # (B, H)

@@ -1,0 +1,233 @@
+"""Tests for the fusion student: masking, modality dropout, the loss, CV folds, training, save/load."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clips.labels import NUM_LABELS
+from student.fusion import AttentionFusion, drop_modalities
+from student.train import (
+    StudentConfig,
+    fold_rows,
+    load_student,
+    predict_student,
+    save_student,
+    soft_cross_entropy,
+    steps_per_epoch,
+    train_student,
+)
+
+DIMS = [5, 8, 3]
+SMALL = StudentConfig(
+    hidden=16, dropout=0.1, modality_dropout=0.2, lr=3e-3, epochs=15, batch_size=16, folds=3, device="cpu"
+)
+
+
+def _model(seed: int = 0) -> AttentionFusion:
+    torch.manual_seed(seed)
+    return AttentionFusion(DIMS, hidden=16, dropout=0.3, modality_dropout=0.5).eval()
+
+
+def _inputs(rows: int, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    blocks = [torch.randn(rows, d, generator=generator) for d in DIMS]
+    masks = torch.rand(rows, len(DIMS), generator=generator) > 0.4
+    return blocks, masks
+
+
+def test_missing_modality_values_do_not_change_the_output() -> None:
+    model = _model()
+    blocks, masks = _inputs(64)
+    masks[0] = torch.tensor([True, False, False])
+    before = model(blocks, masks)
+    perturbed = [torch.where(masks[:, m : m + 1], b, torch.randn_like(b) * 1e6) for m, b in enumerate(blocks)]
+    perturbed[1][0] = float("nan")
+    after = model(perturbed, masks)
+    assert torch.equal(before, after)
+
+
+def test_a_row_with_every_modality_missing_gets_the_bias() -> None:
+    model = _model()
+    blocks, masks = _inputs(4)
+    masks[2] = False
+    blocks[0][2] = float("nan")
+    logits = model(blocks, masks)
+    assert torch.isfinite(logits).all()
+    assert torch.equal(logits[2], model.classifier.bias.detach())
+    model.train()
+    assert torch.isfinite(model(blocks, masks)).all()
+
+
+def test_modality_dropout_never_drops_every_modality_of_a_row() -> None:
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.rand(5000, 3, generator=generator) > 0.3
+    masks[:10] = False
+    kept = drop_modalities(masks, p=0.9, generator=generator)
+    assert not (kept & ~masks).any()
+    assert torch.equal(kept.any(dim=1), masks.any(dim=1))
+    assert (kept.sum(dim=1) < masks.sum(dim=1)).any()
+    assert torch.equal(drop_modalities(masks, p=0.0, generator=generator), masks)
+
+
+def test_fit_normalisation_uses_present_training_rows_only() -> None:
+    model = _model()
+    blocks, masks = _inputs(100)
+    blocks[0][~masks[:, 0]] = float("nan")
+    rows = torch.arange(0, 100, 2)
+    model.fit_normalisation(blocks, masks, rows=rows, chunk=7)
+    for m, block in enumerate(blocks):
+        present = block[rows][masks[rows, m]].double()
+        assert torch.allclose(model.norms[m].mean.double(), present.mean(0), atol=1e-6)
+        assert torch.allclose(model.norms[m].std.double(), present.std(0, unbiased=False), atol=1e-6)
+    assert "norms.0.mean" in model.state_dict()
+
+
+def test_soft_cross_entropy_ignores_zero_weight_rows() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, NUM_LABELS, generator=generator, requires_grad=True)
+    targets = torch.softmax(torch.randn(6, NUM_LABELS, generator=generator), dim=1)
+    weights = torch.tensor([1.0, 0.5, 2.0, 1.0, 1.0, 0.0])
+    loss = soft_cross_entropy(logits, targets, weights)
+    loss.backward()
+    assert logits.grad is not None
+    grad_with, last_row_grad = logits.grad[:5].clone(), logits.grad[5].clone()
+    logits.grad = None
+    soft_cross_entropy(logits[:5], targets[:5], weights[:5]).backward()
+    assert torch.equal(loss, soft_cross_entropy(logits[:5], targets[:5], weights[:5]))
+    assert torch.allclose(grad_with, logits.grad[:5])
+    assert torch.equal(last_row_grad, torch.zeros(NUM_LABELS))
+    # weighted mean of -sum t log p, by hand
+    by_hand = (weights * -(targets * torch.log_softmax(logits, 1)).sum(1)).sum() / weights.sum()
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    hard = torch.tensor([0, 1, 2, 3, 4])
+    assert soft_cross_entropy(logits[:5], F.one_hot(hard, NUM_LABELS).float(), torch.ones(5)).item() == (
+        pytest.approx(F.cross_entropy(logits[:5], hard).item(), rel=1e-6)
+    )
+
+
+def _problem(labelled: int = 240, pseudo: int = 120, seed: int = 0):
+    """Separable classes: each block is a class centre plus noise; pseudo rows get soft targets."""
+    rng = np.random.default_rng(seed)
+    rows = labelled + pseudo
+    classes = np.arange(rows) % NUM_LABELS
+    rng.shuffle(classes)
+    blocks = []
+    for dim in DIMS:
+        centres = rng.normal(0, 2.0, size=(NUM_LABELS, dim)).astype(np.float32)
+        blocks.append(centres[classes] + rng.standard_normal((rows, dim), dtype=np.float32))
+    masks = rng.random((rows, len(DIMS))) > 0.1
+    targets = np.eye(NUM_LABELS, dtype=np.float32)[classes]
+    targets[labelled:] = 0.8 * targets[labelled:] + 0.2 / NUM_LABELS
+    weights = np.ones(rows, dtype=np.float32)
+    weights[labelled:] = 0.5
+    is_labelled = np.arange(rows) < labelled
+    return blocks, masks, targets, weights, is_labelled
+
+
+def test_fold_rows_keep_pseudo_rows_out_of_validation() -> None:
+    blocks, masks, targets, weights, is_labelled = _problem()
+    weights[3] = 0.0  # a labelled row with weight 0 is validated on but never trained on
+    weights[-1] = 0.0  # a pseudo row with weight 0 is never used
+    splits = fold_rows(targets, weights, is_labelled, folds=3, seed=0)
+    labelled, pseudo = np.flatnonzero(is_labelled), np.flatnonzero(~is_labelled)
+    all_val = np.concatenate([val for _, val in splits])
+    assert sorted(all_val.tolist()) == labelled.tolist()
+    for train, val in splits:
+        assert is_labelled[val].all()
+        assert not np.intersect1d(train, val).size
+        expected = (set(labelled.tolist()) - set(val.tolist()) - {3}) | set(pseudo[:-1].tolist())
+        assert set(train.tolist()) == expected and len(train) == len(expected)
+
+
+def test_steps_per_epoch_follows_the_labelled_rows_unless_capped() -> None:
+    cfg = StudentConfig(batch_size=32)
+    assert steps_per_epoch(cfg, n_train=119_000, n_labelled_train=4024) == 126
+    assert steps_per_epoch(dataclasses.replace(cfg, max_steps_per_epoch=500), 119_000, 4024) == 500
+    assert steps_per_epoch(dataclasses.replace(cfg, max_steps_per_epoch=10**6), 119_000, 4024) == 3719
+    assert steps_per_epoch(cfg, n_train=10, n_labelled_train=10) == 1
+
+
+def test_config_checks_name_the_field() -> None:
+    with pytest.raises(ValueError, match=r"dropout=1.0: must be in \[0, 1\)"):
+        StudentConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="folds=1: cross-validation needs at least 2"):
+        StudentConfig(folds=1)
+    with pytest.raises(ValueError, match="device='tpu'"):
+        StudentConfig(device="tpu")
+
+
+@pytest.fixture(scope="module")
+def trained():
+    problem = _problem()
+    return problem, train_student(*problem, cfg=SMALL, progress=False)
+
+
+def test_training_learns_a_separable_problem(trained) -> None:
+    (blocks, masks, targets, weights, is_labelled), result = trained
+    assert result.scores.waf > 0.9
+    assert result.oof_probs.shape == (is_labelled.sum(), NUM_LABELS)
+    assert np.allclose(result.oof_probs.sum(1), 1, atol=1e-5)
+    assert len(result.folds) == 3
+    for fold in result.folds:
+        assert is_labelled[fold.val_rows].all()
+        assert fold.best_waf == max(fold.history) and fold.history[fold.best_epoch] == fold.best_waf
+
+
+def test_training_is_deterministic_for_a_seed(trained) -> None:
+    problem, result = trained
+    again = train_student(*problem, cfg=SMALL, progress=False)
+    assert np.array_equal(result.oof_probs, again.oof_probs)
+    for a, b in zip(result.folds, again.folds, strict=True):
+        assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+    other = train_student(*problem, cfg=dataclasses.replace(SMALL, seed=1), progress=False)
+    assert not np.array_equal(result.oof_probs, other.oof_probs)
+
+
+def test_a_zero_weight_garbage_row_changes_nothing(trained) -> None:
+    (blocks, masks, targets, weights, is_labelled), result = trained
+    garbage = np.random.default_rng(1).dirichlet(np.ones(NUM_LABELS)).astype(np.float32)
+    with_garbage = train_student(
+        [np.vstack([b, np.full((1, b.shape[1]), 1e30, np.float32)]) for b in blocks],
+        np.vstack([masks, np.ones((1, len(DIMS)), bool)]),
+        np.vstack([targets, garbage]),
+        np.append(weights, np.float32(0.0)),
+        np.append(is_labelled, False),
+        SMALL,
+        progress=False,
+    )
+    assert np.array_equal(result.oof_probs, with_garbage.oof_probs)
+    for a, b in zip(result.folds, with_garbage.folds, strict=True):
+        assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
+def test_save_load_round_trip_gives_identical_predictions(trained, tmp_path: Path) -> None:
+    (blocks, masks, *_), result = trained
+    save_student(result, tmp_path / "student")
+    assert sorted(p.name for p in (tmp_path / "student").iterdir()) == [
+        "fold_0.safetensors", "fold_1.safetensors", "fold_2.safetensors", "oof.safetensors", "student.json",
+    ]
+    loaded = load_student(tmp_path / "student")
+    assert loaded.config == result.config and loaded.dims == result.dims
+    assert loaded.scores.waf == result.scores.waf
+    assert np.array_equal(loaded.oof_probs, result.oof_probs)
+    assert [f.val_rows.tolist() for f in loaded.folds] == [f.val_rows.tolist() for f in result.folds]
+    probs = predict_student(result, blocks, masks, batch_size=50)
+    assert probs.shape == (len(masks), NUM_LABELS)
+    assert np.array_equal(probs, predict_student(loaded, blocks, masks, batch_size=50))
+
+
+def test_predict_student_rejects_blocks_of_the_wrong_size(trained) -> None:
+    (blocks, masks, *_), result = trained
+    with pytest.raises(ValueError, match=r"blocks of sizes \[5, 8, 3\]"):
+        predict_student(result, [blocks[0], blocks[0], blocks[2]], masks)
+
+
+def test_load_student_names_a_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="student.json not found"):
+        load_student(tmp_path)
