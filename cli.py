@@ -43,7 +43,17 @@ def _common(data, run, unlabelled_dir, workers, quiet) -> dict:
             "features": {"workers": workers}, "progress": False if quiet else None}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Reports the input problems that stages raise as ValueError (bad CSV rows, missing runs) without a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ValueError as err:
+            raise click.ClickException(str(err)) from err
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Semi-supervised multimodal emotion recognition for MER2024 MER-SEMI."""
 
@@ -63,7 +73,7 @@ def make_demo_cmd(out, config_path, labelled, unlabelled, seed, workers, quiet) 
     cfg = _build(DemoConfig, config_path, {"labelled": labelled, "unlabelled": unlabelled, "seed": seed,
                                            "workers": workers})
     summary = make_demo(out, cfg, progress=not quiet)
-    click.echo(f"wrote {summary}")
+    click.echo(f"wrote {out}: {summary.counts} with {len(summary.broken)} broken clips in {summary.seconds:.1f}s")
 
 
 @main.command("features", epilog="Example: python cli.py features --data mer2024-dataset --run runs/a")
@@ -157,10 +167,7 @@ def evaluate_cmd(predictions, labels, png) -> None:
     """Score a name,discrete predictions CSV against a labels CSV: WAF, accuracy, per-class F1."""
     from clips.scoring import evaluate_csv, format_scores
 
-    try:
-        scores = evaluate_csv(predictions, labels, png)
-    except ValueError as err:
-        raise click.ClickException(str(err)) from err
+    scores = evaluate_csv(predictions, labels, png)
     click.echo(format_scores(scores))
     if png:
         click.echo(f"confusion matrix: {png}")
