@@ -65,6 +65,8 @@ class StudentConfig:
     weight_decay: float = 1e-5
     # validation passes per fold; the best by validation WAF is kept
     epochs: int = 60
+    # stop a fold after this many epochs without a better validation WAF (None: always run every epoch)
+    patience: int | None = 20
     # rows per optimiser step (the baseline's 32)
     batch_size: int = 32
     # stratified CV folds over the labelled rows
@@ -93,6 +95,8 @@ class StudentConfig:
             problems.append(f"weight_decay={self.weight_decay}: must be 0 or positive")
         if self.folds < 2:
             problems.append(f"folds={self.folds}: cross-validation needs at least 2")
+        if self.patience is not None and self.patience < 1:
+            problems.append(f"patience={self.patience}: must be at least 1, or null to run every epoch")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             problems.append(f"max_steps_per_epoch={self.max_steps_per_epoch}: must be at least 1, or null")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -360,6 +364,9 @@ def _train_fold(
             best=f"{best.best_waf:.4f}",
         )
         bar.update(1)
+        if cfg.patience is not None and epoch - best.best_epoch >= cfg.patience:
+            bar.update(cfg.epochs - epoch - 1)
+            break
     return best, best_probs
 
 

@@ -231,3 +231,15 @@ def test_predict_student_rejects_blocks_of_the_wrong_size(trained) -> None:
 def test_load_student_names_a_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="student.json not found"):
         load_student(tmp_path)
+
+
+def test_patience_stops_a_fold_after_epochs_without_improvement() -> None:
+    cfg = dataclasses.replace(SMALL, epochs=40, patience=2)
+    result = train_student(*_problem(labelled=120, pseudo=0), cfg=cfg, progress=False)
+    for fold in result.folds:
+        # it ran until two epochs in a row failed to beat the best, or to the last epoch
+        assert len(fold.history) == 40 or len(fold.history) == fold.best_epoch + 3
+        assert max(fold.history[fold.best_epoch + 1:], default=-1.0) <= fold.best_waf
+    assert any(len(fold.history) < 40 for fold in result.folds)
+    with pytest.raises(ValueError, match="patience=0: must be at least 1"):
+        StudentConfig(patience=0)
