@@ -1,0 +1,41 @@
+"""Every shipped config file loads into its stage's dataclass."""
+
+from pathlib import Path
+
+import pytest
+
+from clips.config import load_config
+from student.distill import DistillConfig
+from student.extract import FeaturesConfig
+from teacher.finetune import TeacherTrainConfig
+from teacher.label import TeacherLabelConfig
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+STAGES = {
+    "features-gpu.yaml": (FeaturesConfig, {"data": "d", "run": "r"}),
+    "teacher-audio.yaml": (TeacherTrainConfig, {"data": "d", "out": "o"}),
+    "teacher-label-llm.yaml": (TeacherLabelConfig, {"data": "d", "run": "r"}),
+    "distill.yaml": (DistillConfig, {"data": "d", "run": "r"}),
+}
+
+
+def test_every_config_file_has_a_stage():
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(STAGES)
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_config_file_loads(name):
+    cls, required = STAGES[name]
+    cfg = load_config(cls, CONFIGS / name, required)
+    assert isinstance(cfg, cls) and cfg.data == Path("d")
+
+
+def test_shipped_values_arrive():
+    features = load_config(FeaturesConfig, CONFIGS / "features-gpu.yaml", {"data": "d", "run": "r"})
+    assert features.features.extractors == ("hubert", "clip", "hf_text")
+    assert features.features.extractor_options["clip"] == {"model": "/models/clip-vit-large-patch14", "view": "face"}
+    label = load_config(TeacherLabelConfig, CONFIGS / "teacher-label-llm.yaml", {"data": "d", "run": "r"})
+    assert [a.kind for a in label.agents] == ["features"] * 3 + ["llm"] * 4
+    assert label.agents[3].options["family"] == "qwen2_audio"
+    train = load_config(TeacherTrainConfig, CONFIGS / "teacher-audio.yaml", {"data": "d", "out": "o"})
+    assert train.teacher.family == "qwen2_audio" and train.lora.r == 16 and train.learning_rate == 1e-4
