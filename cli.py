@@ -111,7 +111,8 @@ def teacher_label_cmd(config_path, data, run, unlabelled_dir, workers, batch_siz
         click.echo(f"{agent}: {report.scored[agent]} clips scored, {report.skipped[agent]} already stored")
 
 
-@main.command("distill", epilog="Example: python cli.py distill --data mer2024-dataset --run runs/a --threshold 0.9")
+@main.command("distill", epilog="Example: python cli.py distill --data mer2024-dataset --run runs/a --report "
+                                 "--hidden-labels hidden-labels.csv")
 @CONFIG
 @DATA
 @RUN
@@ -119,20 +120,39 @@ def teacher_label_cmd(config_path, data, run, unlabelled_dir, workers, batch_siz
 @WORKERS
 @click.option("--no-pseudo", is_flag=True, help="Train on the labelled clips only.")
 @click.option("--threshold", type=float, help="Confidence threshold of the consistency filter.")
+@click.option("--target-precision", type=float,
+              help="Choose per-class thresholds reaching this precision on the held-out labelled clips.")
 @click.option("--epochs", type=int, help="Student training epochs.")
 @click.option("--out", type=click.Path(path_type=Path), help="Where the student is saved (default run/student).")
+@click.option("--report", is_flag=True, default=None,
+              help="Also train the ablation students; writes ablation.md and ablation.json beside the student.")
+@click.option("--hidden-labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="name,discrete CSV of the pool's hidden labels: scores every student on them.")
 @QUIET
-def distill_cmd(config_path, data, run, unlabelled_dir, workers, no_pseudo, threshold, epochs, out, quiet) -> None:
+def distill_cmd(config_path, data, run, unlabelled_dir, workers, no_pseudo, threshold, target_precision, epochs, out,
+                report, hidden_labels, quiet) -> None:
     """Train the fusion student on labelled + pseudo-labelled clips; prints its 5-fold WAF."""
     from clips.scoring import format_scores
-    from student.distill import DistillConfig, distill
+    from student.distill import DistillConfig, ablation_markdown, distill
 
     overrides = {**_common(data, run, unlabelled_dir, workers, quiet), "use_pseudo": False if no_pseudo else None,
-                 "filter": {"threshold": threshold}, "student": {"epochs": epochs}, "out": out}
-    report = distill(_build(DistillConfig, config_path, overrides))
-    click.echo(f"pseudo-labels kept per class: {report.kept}")
-    click.echo(format_scores(report.scores))
-    click.echo(f"student saved to {report.student_dir}")
+                 "filter": {"threshold": threshold, "target_precision": target_precision},
+                 "student": {"epochs": epochs}, "out": out, "report": report, "hidden_labels": hidden_labels}
+    result = distill(_build(DistillConfig, config_path, overrides))
+    if result.thresholds is not None:
+        click.echo("per-class thresholds chosen for the target precision: "
+                   + ", ".join(f"{k} {v:.3f}" for k, v in result.thresholds.items()))
+    if result.filter_point is not None:
+        point = result.filter_point
+        click.echo(f"filter on held-out labelled clips: precision {point.precision:.3f}, coverage "
+                   f"{point.coverage:.3f}")
+    click.echo(f"pseudo-labels kept per class: {result.kept}")
+    click.echo(format_scores(result.scores))
+    if result.hidden is not None:
+        click.echo(f"hidden-label WAF: {result.hidden.waf:.4f}")
+    if result.ablation:
+        click.echo(ablation_markdown(result.ablation))
+    click.echo(f"student saved to {result.student_dir}")
 
 
 @main.command("submit", epilog="Example: python cli.py submit --data mer2024-dataset --run runs/a "

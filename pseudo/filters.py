@@ -87,3 +87,79 @@ def cap_per_class(combined: np.ndarray, kept: np.ndarray, cap: np.ndarray) -> np
         idx = np.flatnonzero(kept & (label == c))
         out[idx[np.argsort(-confidence[idx], kind="stable")][: int(cap[c])]] = True
     return out
+
+
+def agent_weights(scores: np.ndarray) -> np.ndarray:
+    """(agents,) combination weights proportional to each agent's out-of-fold WAF, normalised to mean 1.
+
+    Mean 1 keeps a weighted product as sharp as the unweighted one: only the agents' relative say changes.
+    """
+    scores = np.clip(np.asarray(scores, dtype=np.float64), EPS, None)
+    return (scores / scores.mean()).astype(np.float32)
+
+
+def combine_weighted_mean(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted mean of the agents' probabilities over the agents with evidence; uniform where none has any."""
+    has = evidence_mask(probs)                                       # (agents, clips)
+    w = np.where(has, np.asarray(weights, np.float32)[:, None], 0.0)  # (agents, clips)
+    total = (w[..., None] * np.nan_to_num(probs)).sum(axis=0)        # (clips, 6)
+    norm = w.sum(axis=0)[:, None]                                    # (clips, 1)
+    return np.where(norm > 0, total / np.maximum(norm, EPS), 1.0 / NUM_LABELS).astype(np.float32)
+
+
+def combine_weighted_product(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted product of experts: normalised prod_a p_a ** w_a over the agents with evidence."""
+    has = evidence_mask(probs)
+    logp = np.where(has[..., None], np.log(np.clip(np.nan_to_num(probs), EPS, 1.0)), 0.0)
+    summed = (np.asarray(weights, np.float32)[:, None, None] * logp).sum(axis=0)   # (clips, 6)
+    combined = np.exp(summed - summed.max(axis=1, keepdims=True))
+    return (combined / combined.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def sharpen(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Soft targets p ** (1/T) renormalised (MixMatch's sharpening); T < 1 sharpens, T = 1 returns `probs`.
+
+    Takes probabilities (clips, 6). Raises ValueError for a non-positive temperature.
+    """
+    if temperature <= 0:
+        raise ValueError(f"sharpen temperature={temperature}; use a positive temperature")
+    powered = np.clip(probs, EPS, 1.0) ** (1.0 / temperature)
+    return (powered / powered.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def freematch_thresholds(combined: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """(6,) self-adaptive per-class thresholds of FreeMatch (Wang et al., ICLR 2023, "FreeMatch: Self-adaptive
+    Thresholding for Semi-supervised Learning"; semilearn `algorithms/freematch` masking).
+
+    Takes probabilities (clips, 6). The global threshold tau is the mean top probability over the clips; the
+    class's local level p_c is its mean probability over the clips; tau_c = p_c / max_c' p_c' * tau, so a class
+    the models rarely predict gets a lower bar. FreeMatch tracks both by EMA over batches; offline over the whole
+    pool they are these means. `scale` multiplies tau (1.0 = FreeMatch; sweeping it draws the family's curve).
+    """
+    tau = scale * float(combined.max(axis=1).mean())
+    level = combined.mean(axis=0)                                    # (6,)
+    return np.clip(level / level.max() * tau, 0.0, 1.0).astype(np.float32)
+
+
+def flexmatch_thresholds(combined: np.ndarray, tau: float) -> np.ndarray:
+    """(6,) per-class thresholds of FlexMatch's curriculum pseudo-labelling (Zhang et al., NeurIPS 2021).
+
+    Takes probabilities (clips, 6). The learning effect sigma_c counts clips predicted c above `tau`;
+    beta_c = sigma_c / max_c' sigma_c'; tau_c = M(beta_c) * tau with the convex mapping M(x) = x / (2 - x), so a
+    class that is rarely confident gets a lower bar. FlexMatch's warm-up variant also divides by the unused
+    clips; offline, with most clips below tau, that sends every threshold to 0, so it is left out.
+    """
+    label, confidence = combined.argmax(axis=1), combined.max(axis=1)
+    sigma = np.bincount(label[confidence > tau], minlength=NUM_LABELS).astype(np.float64)
+    beta = sigma / max(sigma.max(), 1.0)
+    return (beta / (2.0 - beta) * tau).astype(np.float32)
+
+
+def class_topk_caps(prior: np.ndarray, clips: int, fraction: float) -> np.ndarray:
+    """(6,) clips to keep per class: ceil(fraction * clips * prior_c), the class's expected share of the pool.
+
+    `prior` is the labelled class distribution (counts or frequencies); a class with a small prior (surprise,
+    190 of 5,030 labelled clips) gets a small quota rather than being crowded out or flooding the student.
+    """
+    prior = np.asarray(prior, dtype=np.float64)
+    return np.ceil(fraction * clips * prior / max(prior.sum(), EPS)).astype(np.int64)

@@ -1,14 +1,20 @@
 """Selecting pseudo-labels from the stored agent probabilities, and writing them with their evidence.
 
 Usage:
-    pseudo = select_pseudo_labels(probs, names, FilterConfig(), labelled_counts=counts)
+    pseudo = select_pseudo_labels(probs, names, FilterConfig(), labelled_counts=counts,
+                                  temperatures=calibration.temperatures, agent_scores=calibration.agent_scores)
     write_pseudo_labels(pseudo, agents, probs_kept, run / "pseudo" / "pseudo-labels.csv")
+
+The steps, each a pure function of pseudo.filters or pseudo.calibration: calibrate each agent (temperatures fitted
+on the labelled clips' out-of-fold probabilities), combine the agents, gate on agreement, mask by a threshold rule,
+cap per class, and turn the kept clips into hard or (sharpened) soft targets with per-sample weights.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -17,16 +23,29 @@ import numpy as np
 
 from clips.io import atomic_write_text
 from clips.labels import LABELS, NUM_LABELS
+from pseudo.calibration import apply_temperatures
 from pseudo.filters import (
+    agent_weights,
     agreement_mask,
     cap_per_class,
     class_thresholds,
+    class_topk_caps,
     combine_mean,
     combine_product,
+    combine_weighted_mean,
+    combine_weighted_product,
     confidence_mask,
+    evidence_mask,
+    flexmatch_thresholds,
+    freematch_thresholds,
+    sharpen,
 )
 
+log = logging.getLogger(__name__)
+
 COMBINERS = {"mean": combine_mean, "product": combine_product}
+WEIGHTED_COMBINERS = {"mean": combine_weighted_mean, "product": combine_weighted_product}
+MASKS = ("fixed", "freematch", "flexmatch", "class_topk")
 
 
 @dataclass
@@ -35,40 +54,70 @@ class FilterConfig:
 
     # how agents combine: "product" of experts or "mean" of probabilities
     combine: Literal["product", "mean"] = "product"
+    # temperature-scale each agent first (temperatures fitted on the labelled clips' out-of-fold probabilities)
+    calibrate: bool = True
+    # agents count "equal"ly, or in proportion to their out-of-fold "waf" on the labelled clips
+    weighting: Literal["equal", "waf"] = "equal"
     # an agent agrees when the combined label is within its top_k labels
     agree_top_k: int = 2
     # agreement of "all" agents with evidence, or a strict "majority"
-    agree_rule: Literal["all", "majority"] = "all"
+    agree_rule: Literal["all", "majority"] = "majority"
     # minimum agents with evidence for a clip to be considered
     min_agents: int = 2
-    # confidence threshold on the combined probability
+    # threshold rule on the combined probability: "fixed" (FixMatch), "freematch" or "flexmatch" (per-class
+    # adaptive), or "class_topk" (the most confident clips of each class, a quota from the labelled prior)
+    mask: Literal["fixed", "freematch", "flexmatch", "class_topk"] = "class_topk"
+    # confidence threshold of the "fixed" rule, and tau of the "flexmatch" rule
     threshold: float = 0.8
-    # per-class thresholds overriding `threshold`, e.g. {"surprise": 0.7}
+    # per-class thresholds overriding `threshold` in the "fixed" rule, e.g. {"surprise": 0.7}
     class_thresholds: dict[str, float] = field(default_factory=dict)
+    # multiplies FreeMatch's self-adaptive global threshold (1.0: FreeMatch as published)
+    freematch_scale: float = 1.0
+    # "class_topk" keeps this fraction of each class's expected count in the pool (pool size x labelled prior)
+    topk_fraction: float = 0.5
+    # choose per-class thresholds reaching this precision on the held-out labelled clips (None: use `mask`)
+    target_precision: float | None = None
     # at most this many pseudo-labels per class, relative to the class's labelled count (None: no cap)
     max_ratio: float | None = 4.0
     # multiplies each pseudo-label's loss weight (its confidence)
     weight: float = 1.0
     # train on the combined distribution (True) or on one-hot labels (False)
     soft: bool = False
+    # soft targets are sharpened as p ** (1 / sharpen) (1.0: the combined distribution as it is)
+    sharpen: float = 1.0
 
     def __post_init__(self) -> None:
+        problems = []
         if self.combine not in COMBINERS:
-            raise ValueError(f"combine={self.combine!r}; use one of {sorted(COMBINERS)}")
+            problems.append(f"combine={self.combine!r}; use one of {sorted(COMBINERS)}")
+        if self.weighting not in ("equal", "waf"):
+            problems.append(f"weighting={self.weighting!r}; use 'equal' or 'waf'")
+        if self.mask not in MASKS:
+            problems.append(f"mask={self.mask!r}; use one of {', '.join(MASKS)}")
+        if self.freematch_scale <= 0:
+            problems.append(f"freematch_scale={self.freematch_scale}; use a positive factor")
+        if not 0.0 < self.topk_fraction <= 1.0:
+            problems.append(f"topk_fraction={self.topk_fraction}; use a fraction in (0, 1]")
+        if self.target_precision is not None and not 0.0 < self.target_precision <= 1.0:
+            problems.append(f"target_precision={self.target_precision}; use a precision in (0, 1] or null")
+        if self.sharpen <= 0:
+            problems.append(f"sharpen={self.sharpen}; use a positive temperature (1.0 leaves targets as they are)")
         if not 1 <= self.agree_top_k <= NUM_LABELS:
-            raise ValueError(f"agree_top_k={self.agree_top_k}; use 1 to {NUM_LABELS}")
+            problems.append(f"agree_top_k={self.agree_top_k}; use 1 to {NUM_LABELS}")
         if self.agree_rule not in ("all", "majority"):
-            raise ValueError(f"agree_rule={self.agree_rule!r}; use 'all' or 'majority'")
+            problems.append(f"agree_rule={self.agree_rule!r}; use 'all' or 'majority'")
         bad = [k for k in self.class_thresholds if k not in LABELS]
         if bad:
-            raise ValueError(f"class_thresholds: unknown label(s) {bad}; use {', '.join(LABELS)}")
+            problems.append(f"class_thresholds: unknown label(s) {bad}; use {', '.join(LABELS)}")
         for name, value in {"threshold": self.threshold, **self.class_thresholds}.items():
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"threshold for {name} is {value}; use a probability in [0, 1]")
+                problems.append(f"threshold for {name} is {value}; use a probability in [0, 1]")
         if self.max_ratio is not None and self.max_ratio <= 0:
-            raise ValueError(f"max_ratio={self.max_ratio}; use a positive ratio or null for no cap")
+            problems.append(f"max_ratio={self.max_ratio}; use a positive ratio or null for no cap")
         if self.weight <= 0:
-            raise ValueError(f"weight={self.weight}; use a positive loss weight")
+            problems.append(f"weight={self.weight}; use a positive loss weight")
+        if problems:
+            raise ValueError("FilterConfig: " + "; ".join(problems))
 
 
 @dataclass
@@ -93,21 +142,83 @@ class PseudoLabels:
         return {label: int(counts[i]) for i, label in enumerate(LABELS)}
 
 
-def select_pseudo_labels(
-    probs: np.ndarray, names: list[str], cfg: FilterConfig, labelled_counts: np.ndarray | None = None,
-) -> PseudoLabels:
-    """Pseudo-labels for the clips in `names` from `probs` (agents, clips, 6) probabilities."""
-    combined = COMBINERS[cfg.combine](probs)                          # (clips, 6)
-    label = combined.argmax(axis=1)
-    enough = (~np.isnan(probs).any(axis=-1)).sum(axis=0) >= cfg.min_agents
-    kept = enough & agreement_mask(probs, label, cfg.agree_top_k, cfg.agree_rule)
-    kept &= confidence_mask(combined, class_thresholds(cfg.threshold, cfg.class_thresholds))
+def combine_agents(
+    probs: np.ndarray, cfg: FilterConfig, temperatures: np.ndarray | None = None,
+    agent_scores: np.ndarray | None = None,
+) -> np.ndarray:
+    """(clips, 6) combined probabilities of `probs` (agents, clips, 6): calibrated (when `cfg.calibrate` and
+    `temperatures` are given), then combined by `cfg.combine`, weighted by `agent_scores` when `cfg.weighting`
+    is "waf". Raises ValueError when "waf" weighting has no agent scores."""
+    if cfg.calibrate and temperatures is not None:
+        probs = apply_temperatures(probs, temperatures)
+    if cfg.weighting == "equal":
+        return COMBINERS[cfg.combine](probs)
+    if agent_scores is None:
+        raise ValueError("weighting='waf' needs each agent's out-of-fold WAF (agent_scores); "
+                         "pass them or use weighting='equal'")
+    return WEIGHTED_COMBINERS[cfg.combine](probs, agent_weights(agent_scores))
+
+
+def rule_thresholds(combined: np.ndarray, cfg: FilterConfig) -> np.ndarray | None:
+    """(6,) per-class thresholds of `cfg.mask` on `combined` probabilities; None for "class_topk" (no threshold)."""
+    if cfg.mask == "fixed":
+        return class_thresholds(cfg.threshold, cfg.class_thresholds)
+    if cfg.mask == "freematch":
+        return freematch_thresholds(combined, cfg.freematch_scale)
+    if cfg.mask == "flexmatch":
+        return flexmatch_thresholds(combined, cfg.threshold)
+    return None
+
+
+def gate_mask(probs: np.ndarray, combined: np.ndarray, cfg: FilterConfig) -> np.ndarray:
+    """(clips,) clips with at least `cfg.min_agents` agents that agree with the combined label."""
+    enough = evidence_mask(probs).sum(axis=0) >= cfg.min_agents
+    return enough & agreement_mask(probs, combined.argmax(axis=1), cfg.agree_top_k, cfg.agree_rule)
+
+
+def keep_mask(
+    probs: np.ndarray, combined: np.ndarray, cfg: FilterConfig, labelled_counts: np.ndarray | None = None,
+    thresholds: np.ndarray | None = None,
+) -> np.ndarray:
+    """(clips,) the kept clips: agreement gate, then `thresholds` (per class, e.g. chosen for a target precision)
+    or else `cfg.mask`'s rule, then the per-class caps. Takes probabilities.
+
+    Raises ValueError when "class_topk" has no labelled class counts to set its quotas from.
+    """
+    kept = gate_mask(probs, combined, cfg)
+    thresholds = thresholds if thresholds is not None else rule_thresholds(combined, cfg)
+    if thresholds is not None:
+        kept &= confidence_mask(combined, thresholds)
+    elif labelled_counts is None:
+        raise ValueError("mask='class_topk' sets its per-class quotas from the labelled class counts; "
+                         "pass labelled_counts")
+    else:
+        kept = cap_per_class(combined, kept, class_topk_caps(labelled_counts, len(combined), cfg.topk_fraction))
     if cfg.max_ratio is not None and labelled_counts is not None:
         cap = np.ceil(cfg.max_ratio * np.asarray(labelled_counts, dtype=np.float64))
         kept = cap_per_class(combined, kept, cap)
+    return kept
+
+
+def select_pseudo_labels(
+    probs: np.ndarray, names: list[str], cfg: FilterConfig, labelled_counts: np.ndarray | None = None,
+    temperatures: np.ndarray | None = None, agent_scores: np.ndarray | None = None,
+    thresholds: np.ndarray | None = None,
+) -> PseudoLabels:
+    """Pseudo-labels for the clips in `names` from `probs` (agents, clips, 6) probabilities.
+
+    `temperatures` (agents,) calibrate each agent (fitted by pseudo.calibration; None: as stored),
+    `agent_scores` (agents,) are the out-of-fold WAFs for weighting="waf", `thresholds` (6,) replace the
+    mask's per-class thresholds (e.g. those chosen for cfg.target_precision). Logs the kept fraction.
+    """
+    combined = combine_agents(probs, cfg, temperatures, agent_scores)   # (clips, 6)
+    label = combined.argmax(axis=1)
+    kept = keep_mask(probs, combined, cfg, labelled_counts, thresholds)
     index = np.flatnonzero(kept)
+    log.info("pseudo-labels: kept %d of %d clips (%.1f%%)", len(index), len(names),
+             100.0 * len(index) / max(len(names), 1))
     confidence = combined[index, label[index]]
-    targets = combined[index] if cfg.soft else np.eye(NUM_LABELS, dtype=np.float32)[label[index]]
+    targets = sharpen(combined[index], cfg.sharpen) if cfg.soft else np.eye(NUM_LABELS, dtype=np.float32)[label[index]]
     return PseudoLabels(
         names=[names[i] for i in index], labels=label[index], targets=targets.astype(np.float32),
         weights=(cfg.weight * confidence).astype(np.float32), confidence=confidence.astype(np.float32),

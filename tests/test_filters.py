@@ -65,7 +65,7 @@ def test_select_pseudo_labels_end_to_end():
         [[0.5, 0, 0, 0, 0.5, 0], [0, 0, 0.5, 0, 0, 0.5], [0.9, 0.1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]],
     ], dtype=np.float32)
     names = ["a", "b", "c", "d"]
-    cfg = FilterConfig(threshold=0.9, soft=False, weight=0.5)
+    cfg = FilterConfig(mask="fixed", threshold=0.9, soft=False, weight=0.5)
     pseudo = select_pseudo_labels(probs, names, cfg, labelled_counts=np.array([10, 10, 10, 10, 10, 1]))
     # d has one agent only (min_agents=2); a, b, c pass agreement (top-2) and confidence
     assert pseudo.names == ["a", "b", "c"]
@@ -73,7 +73,7 @@ def test_select_pseudo_labels_end_to_end():
     assert pseudo.counts() == {"neutral": 2, "angry": 0, "happy": 1, "sad": 0, "worried": 0, "surprise": 0}
     np.testing.assert_allclose(pseudo.targets, np.eye(6)[[0, 2, 0]])
     np.testing.assert_allclose(pseudo.weights, 0.5 * pseudo.confidence)
-    capped = select_pseudo_labels(probs, names, FilterConfig(threshold=0.9, max_ratio=0.1),
+    capped = select_pseudo_labels(probs, names, FilterConfig(mask="fixed", threshold=0.9, max_ratio=0.1),
                                   labelled_counts=np.array([10, 10, 10, 10, 10, 1]))
     # ceil(0.1 * 10) = 1 neutral is kept: c, whose product is surer (0.45 against 0.25 for a)
     assert capped.names == ["b", "c"]
@@ -86,3 +86,90 @@ def test_filter_config_checks():
         FilterConfig(threshold=1.5)
     with pytest.raises(ValueError, match="agree_top_k=0"):
         FilterConfig(agree_top_k=0)
+
+
+def test_weighted_combination_and_agent_weights():
+    from pseudo.filters import agent_weights, combine_weighted_mean, combine_weighted_product
+
+    weights = agent_weights(np.array([0.2, 0.6]))
+    np.testing.assert_allclose(weights, [0.5, 1.5])
+    probs = np.array([[[0.8, 0.2, 0, 0, 0, 0], NAN], [[0.2, 0.8, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0]]],
+                     dtype=np.float32)                     # (agents=2, clips=2, 6)
+    mean = combine_weighted_mean(probs, weights)
+    np.testing.assert_allclose(mean[0, :2], [0.25 * 0.8 + 0.75 * 0.2, 0.25 * 0.2 + 0.75 * 0.8], rtol=1e-6)
+    np.testing.assert_allclose(mean[1], [0, 0, 1, 0, 0, 0], atol=1e-6)
+    product = combine_weighted_product(probs, weights)
+    # 0.8^0.5 * 0.2^1.5 against 0.2^0.5 * 0.8^1.5: 0.0716 / (0.0716 + 0.3200)
+    assert product[0, 0] == pytest.approx(0.8**0.5 * 0.2**1.5 / (0.8**0.5 * 0.2**1.5 + 0.2**0.5 * 0.8**1.5), rel=1e-4)
+    np.testing.assert_allclose(combine_weighted_product(probs, np.ones(2)), combine_product(probs), rtol=1e-5)
+
+
+def test_sharpen():
+    from pseudo.filters import sharpen
+
+    p = np.array([[0.6, 0.4, 0, 0, 0, 0]])
+    sharp = sharpen(p, 0.5)
+    assert sharp[0, 0] == pytest.approx(0.36 / (0.36 + 0.16 + 4e-12), rel=1e-6)
+    np.testing.assert_allclose(sharpen(p, 1.0)[0, :2], [0.6, 0.4], rtol=1e-5)
+    with pytest.raises(ValueError, match="sharpen"):
+        sharpen(p, 0)
+
+
+def test_freematch_thresholds_by_hand():
+    from pseudo.filters import freematch_thresholds
+
+    combined = np.array([[0.9, 0.1, 0, 0, 0, 0], [0.7, 0.3, 0, 0, 0, 0], [0.2, 0.8, 0, 0, 0, 0],
+                         [0.4, 0, 0, 0, 0, 0.6]])
+    # tau = mean top prob = (0.9 + 0.7 + 0.8 + 0.6) / 4 = 0.75; class means 0.55, 0.3, 0, 0, 0, 0.15
+    expected = np.array([0.55, 0.3, 0, 0, 0, 0.15]) / 0.55 * 0.75
+    np.testing.assert_allclose(freematch_thresholds(combined), expected, rtol=1e-5)
+    np.testing.assert_allclose(freematch_thresholds(combined, scale=1.2), expected * 1.2, rtol=1e-5)
+
+
+def test_flexmatch_thresholds_by_hand():
+    from pseudo.filters import flexmatch_thresholds
+
+    combined = np.array([[0.9, 0.1, 0, 0, 0, 0], [0.95, 0.05, 0, 0, 0, 0], [0.1, 0.9, 0, 0, 0, 0],
+                         [0.4, 0.6, 0, 0, 0, 0]])
+    # above tau = 0.8: two neutral, one angry -> beta = 1, 0.5, 0...; M(b) = b / (2 - b)
+    np.testing.assert_allclose(flexmatch_thresholds(combined, 0.8), [0.8, 0.8 * 0.5 / 1.5, 0, 0, 0, 0], rtol=1e-6)
+
+
+def test_class_topk_quota_with_cap():
+    from pseudo.filters import class_topk_caps
+
+    caps = class_topk_caps(np.array([60, 20, 10, 5, 4, 1]), clips=10, fraction=0.5)
+    # ceil(0.5 * 10 * prior): 3, 1, 0.5 -> 1, 0.25 -> 1, 0.2 -> 1, 0.05 -> 1
+    assert caps.tolist() == [3, 1, 1, 1, 1, 1]
+    combined = np.array([[0.9, 0.1, 0, 0, 0, 0], [0.8, 0.2, 0, 0, 0, 0], [0.7, 0.3, 0, 0, 0, 0],
+                         [0.6, 0.4, 0, 0, 0, 0], [0.1, 0.9, 0, 0, 0, 0], [0.2, 0.8, 0, 0, 0, 0],
+                         [0, 0, 0, 0, 0.3, 0.7]])
+    probs = combined[None].astype(np.float32)
+    cfg = FilterConfig(mask="class_topk", topk_fraction=0.5, target_precision=None, min_agents=1, max_ratio=None)
+    from pseudo.select import keep_mask
+
+    kept = keep_mask(probs, combined, cfg, labelled_counts=np.array([60, 20, 10, 5, 4, 1]))
+    # quotas for 7 clips: ceil(2.1) = 3 neutral, ceil(0.7) = 1 angry, ceil(0.035) = 1 surprise
+    assert kept.tolist() == [True, True, True, False, True, False, True]
+    with pytest.raises(ValueError, match="labelled_counts"):
+        keep_mask(probs, combined, cfg)
+
+
+def test_target_thresholds_reach_the_precision_on_held_out_clips():
+    from pseudo.measure import hold_out_agents, measure, target_thresholds
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 20)
+    noisy = np.where(rng.random(120) < 0.7, labels, rng.integers(0, 6, 120))
+    confidence = np.where(noisy == labels, rng.uniform(0.6, 1.0, 120), rng.uniform(0.2, 0.7, 120))
+    probs = np.full((120, 6), 0.0)
+    probs[np.arange(120), noisy] = confidence
+    probs += (1 - probs.sum(axis=1, keepdims=True)) / 6
+    held = hold_out_agents(np.stack([probs, probs]).astype(np.float32), labels)
+    cfg = FilterConfig(calibrate=False, target_precision=0.95, max_ratio=None)
+    thresholds = target_thresholds(held, cfg, 0.95)
+    point = measure(held, cfg, np.bincount(labels), thresholds)
+    assert point.kept > 0 and all(v["precision"] >= 0.95 for v in point.per_class.values() if v["kept"])
+    assert FilterConfig().mask == "class_topk" and FilterConfig().target_precision is None
+    with pytest.raises(ValueError, match="mask='nope'.*topk_fraction=2"):
+        FilterConfig(mask="nope", topk_fraction=2)
