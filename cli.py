@@ -82,13 +82,16 @@ def make_demo_cmd(out, config_path, labelled, unlabelled, seed, workers, quiet) 
 @RUN
 @UNLABELLED
 @WORKERS
+@click.option("--engine", type=click.Choice(["local", "ray"]),
+              help="local: --workers processes here; ray: --workers Ray Data workers (pip install -e '.[ray]').")
 @QUIET
-def features_cmd(config_path, data, run, unlabelled_dir, workers, quiet) -> None:
+def features_cmd(config_path, data, run, unlabelled_dir, workers, engine, quiet) -> None:
     """Extract and cache the features of every clip (a rerun skips cached clips)."""
     from student.extract import FeaturesConfig, features_stage
 
-    report = features_stage(_build(FeaturesConfig, config_path,
-                                   _common(data, run, unlabelled_dir, workers, quiet)))
+    overrides = _common(data, run, unlabelled_dir, workers, quiet)
+    overrides["features"]["engine"] = engine
+    report = features_stage(_build(FeaturesConfig, config_path, overrides))
     click.echo(str(report))
 
 
@@ -100,12 +103,15 @@ def features_cmd(config_path, data, run, unlabelled_dir, workers, quiet) -> None
 @UNLABELLED
 @WORKERS
 @click.option("--batch-size", type=int, help="Clips per stored shard.")
+@click.option("--engine", type=click.Choice(["local", "ray"]),
+              help="local: --workers processes here; ray: --workers Ray Data workers (pip install -e '.[ray]').")
 @QUIET
-def teacher_label_cmd(config_path, data, run, unlabelled_dir, workers, batch_size, quiet) -> None:
+def teacher_label_cmd(config_path, data, run, unlabelled_dir, workers, batch_size, engine, quiet) -> None:
     """Score every clip with every configured teacher agent; resumable."""
     from teacher.label import TeacherLabelConfig, teacher_label
 
     overrides = {**_common(data, run, unlabelled_dir, workers, quiet), "batch_size": batch_size}
+    overrides["features"]["engine"] = engine
     report = teacher_label(_build(TeacherLabelConfig, config_path, overrides))
     for agent in report.scored:
         click.echo(f"{agent}: {report.scored[agent]} clips scored, {report.skipped[agent]} already stored")

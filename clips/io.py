@@ -4,6 +4,10 @@ Usage:
     check_name(name)                               # before a clip name becomes a file name
     atomic_write_text(out / "submission.csv", text)
     atomic_save_npz(cache / f"{name}.npz", feature=vec, mask=np.array(True))
+    remove_partials(cache)                         # at the start of a run: temp files a kill -9 left behind
+
+A writer killed mid-write leaves only a hidden `.<name>.<random>.part` file: readers never match that
+pattern, and the next run of the stage that owns the folder removes it.
 """
 
 from __future__ import annotations
@@ -54,6 +58,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def remove_partials(folder: Path) -> int:
+    """Delete the `.part` temporary files a killed writer left in `folder` (not recursive).
+
+    Call it only where no other process writes into `folder` at the same time.
+    Returns:
+        how many files were removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for path in folder.glob(".*.part"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -14,11 +14,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clips.demo import DemoConfig, make_demo
-from clips.scoring import Scores, evaluate_csv
-
 from clips.dataset import load_corpus
+from clips.demo import DemoConfig, make_demo
 from clips.run import RunPaths
+from clips.scoring import Scores, evaluate_csv
 from pseudo.select import FilterConfig
 from student.distill import DistillConfig, DistillReport, distill
 from student.extract import FeatureSettings, run_features

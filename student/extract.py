@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from clips.dataset import Corpus, load_corpus
 from clips.run import RunPaths
@@ -37,6 +37,8 @@ class FeatureSettings:
     workers: int = 2
     # frames sampled per clip
     num_frames: int = 8
+    # "local": `workers` processes here; "ray": `workers` Ray Data actors (pip install -e ".[ray]")
+    engine: Literal["local", "ray"] = "local"
 
     def keys(self) -> list[str]:
         """Cache folder of each extractor: its name plus a hash of its settings (building loads no model)."""
@@ -54,6 +56,8 @@ class FeatureSettings:
             raise ValueError(f"workers={self.workers}; use 1 or more")
         if self.num_frames < 1:
             raise ValueError(f"num_frames={self.num_frames}; use 1 or more")
+        if self.engine not in ("local", "ray"):
+            raise ValueError(f"engine={self.engine!r}; use local or ray")
 
 
 @dataclass
@@ -77,6 +81,7 @@ def run_features(corpus: Corpus, run: Path, settings: FeatureSettings, progress:
     return extract_features(
         corpus.all(), settings.extractors, RunPaths(run).features, workers=settings.workers,
         num_frames=settings.num_frames, progress=progress, extractor_options=settings.extractor_options,
+        engine=settings.engine,
     )
 
 

@@ -88,9 +88,18 @@ def submission_text(rows: list[tuple[str, str]]) -> str:
 
 
 def submit(cfg: SubmitConfig) -> SubmitSummary:
-    """Predict, check and atomically write the submission; returns label and fallback counts."""
+    """Predict, check and atomically write the submission; returns label and fallback counts.
+
+    Raises:
+        ValueError: when there is no candidate name, a bad candidates CSV (every bad row listed) or a bad
+            submission (see check_submission).
+    """
     corpus = load_corpus(cfg.data, cfg.unlabelled_dir)
     candidates = read_names_csv(cfg.candidates) if cfg.candidates else [r.name for r in corpus.unlabelled]
+    if not candidates:
+        source = f"{cfg.candidates} lists no names" if cfg.candidates else f"the unlabelled pool of {cfg.data} is empty"
+        raise ValueError(f"no candidate names to predict: {source} -- pass --candidates with a CSV of names, "
+                         "or point --data/--unlabelled-dir at the folder that holds the pool")
     known = {r.name for r in corpus.all()}
     with_clip = [n for n in candidates if n in known]
     run_features(corpus, cfg.run, cfg.features, cfg.progress)

