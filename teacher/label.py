@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from clips.dataset import load_corpus
+from clips.dataset import Corpus, load_corpus
 from clips.io import remove_partials
 from clips.run import RunPaths
 from student.extract import FeatureSettings, load_run_features, run_features
@@ -104,8 +104,9 @@ def _scored_batches(
         yield [str(name) for name in batch["name"]], np.stack(batch["probs"]).astype(np.float32)
 
 
-def _context(cfg: TeacherLabelConfig) -> AgentContext:
-    corpus = load_corpus(cfg.data, cfg.unlabelled_dir)
+def _context(cfg: TeacherLabelConfig, corpus: Corpus | None = None) -> AgentContext:
+    """What agents are built from: every clip's features, the labelled clips' labels and the clips themselves."""
+    corpus = corpus if corpus is not None else load_corpus(cfg.data, cfg.unlabelled_dir)
     features = load_run_features(cfg.run, cfg.features, [ref.name for ref in corpus.all()])
     return AgentContext(features=features, labels={r.name: r.label for r in corpus.labelled},
                         clips={r.name: r for r in corpus.all()})
@@ -117,9 +118,7 @@ def teacher_label(cfg: TeacherLabelConfig) -> TeacherLabelReport:
     corpus = load_corpus(cfg.data, cfg.unlabelled_dir)
     run_features(corpus, cfg.run, cfg.features, cfg.progress)
     names = [ref.name for ref in corpus.all()]
-    features = load_run_features(cfg.run, cfg.features, names)
-    context = AgentContext(features=features, labels={r.name: r.label for r in corpus.labelled},
-                           clips={r.name: r for r in corpus.all()})
+    context = _context(cfg, corpus)
     store = AgentStore(RunPaths(cfg.run).agents)
     scored: dict[str, int] = {}
     skipped: dict[str, int] = {}
