@@ -58,7 +58,7 @@ def main() -> None:
     """Semi-supervised multimodal emotion recognition for MER2024 MER-SEMI."""
 
 
-@main.command("make-demo", epilog="Example: python cli.py make-demo demo-data --labelled 240 --unlabelled 960")
+@main.command("make-demo", epilog="Example: python cli.py make-demo demo-data --labelled 120 --unlabelled 1080")
 @click.argument("out", type=click.Path(path_type=Path))
 @CONFIG
 @click.option("--labelled", type=int, help="Labelled clips.")

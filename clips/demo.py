@@ -87,9 +87,9 @@ class DemoConfig:
     """Size, media format and seed of a synthetic demo corpus."""
 
     # labelled clips (video-labeled/, with labels and checked transcripts)
-    labelled: int = 240
+    labelled: int = 120
     # unlabelled pool clips (true labels go to hidden-labels.csv)
-    unlabelled: int = 960
+    unlabelled: int = 1080
     # clip length in seconds
     seconds: float = 2.0
     # video frame rate

@@ -19,8 +19,10 @@ of the input statistics) altogether.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +42,8 @@ from clips.io import atomic_write_bytes, atomic_write_text
 from clips.labels import LABELS, NUM_LABELS
 from clips.scoring import Scores, score
 from student.fusion import AttentionFusion
+
+log = logging.getLogger(__name__)
 
 _META_FILE = "student.json"
 _OOF_FILE = "oof.safetensors"
@@ -227,9 +231,16 @@ def fold_rows(
     """
     labelled = np.flatnonzero(is_labelled)
     pseudo = np.flatnonzero(~is_labelled & (weights > 0))
+    classes = targets[labelled].argmax(axis=1)
+    smallest = np.bincount(classes)[np.unique(classes)].min()
+    if smallest < folds:
+        log.info("a class has only %d labelled rows for %d folds: some folds validate without it", smallest, folds)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     splits = []
-    for train_pos, val_pos in splitter.split(labelled, targets[labelled].argmax(axis=1)):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        fold_positions = list(splitter.split(labelled, classes))
+    for train_pos, val_pos in fold_positions:
         train_labelled = labelled[train_pos][weights[labelled[train_pos]] > 0]
         splits.append((np.concatenate([train_labelled, pseudo]), labelled[val_pos]))
     return splits
