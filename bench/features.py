@@ -1,7 +1,7 @@
 """Throughput of the default feature extractors: clips per second on N synthetic 3-second mp4 clips.
 
 Usage:
-    .venv/bin/python bench/features.py --clips 60 --workers 2
+    python -m bench.features --clips 60 --workers 2         (as a module: bench/student.py would shadow the package)
 Writes N H.264 + AAC clips (a real face photo drifting across 160x160 frames, a tone with noise) into a
 temporary folder, runs extract_features with the default extractors from a cold cache, and prints clips/s, the
 time per clip of decoding and of each extractor (per worker), and the peak resident memory of this process and

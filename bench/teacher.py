@@ -1,8 +1,8 @@
 """Clips per second of LLM-teacher label scoring, per backend.
 
 Usage:
-    python bench/teacher.py                                  # tiny random models on CPU (plumbing cost only)
-    python bench/teacher.py --model Qwen/Qwen2-Audio-7B-Instruct --family qwen2_audio --clips 256 --batch-size 32
+    python -m bench.teacher                                  # tiny random models on CPU (plumbing cost only)
+    python -m bench.teacher --model Qwen/Qwen2-Audio-7B-Instruct --family qwen2_audio --clips 256 --batch-size 32
 On a GPU with vllm importable, the same run adds the vLLM backend beside transformers. Rows: transformers
 first-token scoring (one forward per batch), sequence scoring (6 rows per clip), a generate loop (generate one
 token per clip with output scores: how a free-text labeller runs), and vLLM first-token scoring.
