@@ -40,7 +40,7 @@ from pseudo.measure import (
     target_thresholds,
 )
 from pseudo.select import FilterConfig, PseudoLabels, select_pseudo_labels, write_pseudo_labels
-from student.extract import FeatureSettings, load_run_features, run_features
+from student.extract import RunConfig, load_run_features, run_features
 from student.train import StudentConfig, StudentResult, predict_student, save_student, train_student
 from teacher.store import AgentStore
 
@@ -50,17 +50,9 @@ BASELINE_THRESHOLD = 0.95
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(RunConfig):
     """Settings of `distill`."""
 
-    # dataset folder (MER2024 release layout or a generic folder)
-    data: Path
-    # run folder written by `teacher-label`
-    run: Path
-    # the unlabelled folder's name inside `data`; found automatically when None
-    unlabelled_dir: str | None = None
-    # extractors and their options; must match those of the other stages of the run
-    features: FeatureSettings = field(default_factory=FeatureSettings)
     # stored agents whose probabilities make the pseudo-labels (None: every agent in the store)
     agents: list[str] | None = None
     # add pseudo-labelled clips (False trains on labelled clips only)
@@ -75,8 +67,6 @@ class DistillConfig:
     report: bool = False
     # name,discrete CSV of the pool's hidden labels: every student is also scored on them (None: not scored)
     hidden_labels: Path | None = None
-    # show progress bars
-    progress: bool = True
 
     def __post_init__(self) -> None:
         if self.out is None:

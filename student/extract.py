@@ -61,19 +61,24 @@ class FeatureSettings:
 
 
 @dataclass
-class FeaturesConfig:
-    """Settings of the `features` command."""
+class RunConfig:
+    """What every stage of a run reads: the dataset, the run folder and the feature settings."""
 
     # dataset folder (MER2024 release layout or a generic folder)
     data: Path
-    # run folder; features go to run/features
+    # run folder that holds features, agent outputs, models and the submission
     run: Path
     # the unlabelled folder's name inside `data`; found automatically when None
     unlabelled_dir: str | None = None
-    # extractors and their options
+    # extractors and their options; the stages of one run must use the same
     features: FeatureSettings = field(default_factory=FeatureSettings)
     # show progress bars
     progress: bool = True
+
+
+@dataclass
+class FeaturesConfig(RunConfig):
+    """Settings of the `features` command: the run's common settings alone."""
 
 
 def run_features(corpus: Corpus, run: Path, settings: FeatureSettings, progress: bool = True) -> ExtractionReport:

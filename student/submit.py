@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,30 +21,20 @@ from clips.dataset import load_corpus, read_names_csv
 from clips.io import atomic_write_text
 from clips.labels import LABELS, NUM_LABELS, is_label, label_index
 from clips.run import RunPaths
-from student.extract import FeatureSettings, load_run_features, run_features
+from student.extract import RunConfig, load_run_features, run_features
 from student.train import load_student, predict_student
 
 
 @dataclass
-class SubmitConfig:
+class SubmitConfig(RunConfig):
     """Settings of `submit`."""
 
-    # dataset folder (MER2024 release layout or a generic folder)
-    data: Path
-    # run folder holding the features and the trained student
-    run: Path
-    # the unlabelled folder's name inside `data`; found automatically when None
-    unlabelled_dir: str | None = None
     # CSV with a `name` column of the names to predict (default: every clip of the unlabelled pool)
     candidates: Path | None = None
     # trained student folder (default: run/student)
     student: Path | None = None
     # where the submission goes (default: run/submission.csv)
     out: Path | None = None
-    # extractors and their options; must match those of the other stages of the run
-    features: FeatureSettings = field(default_factory=FeatureSettings)
-    # show progress bars
-    progress: bool = True
 
     def __post_init__(self) -> None:
         self.student = self.student or RunPaths(self.run).student

@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -22,29 +21,19 @@ from tqdm import tqdm
 from clips.dataset import Corpus, load_corpus
 from clips.io import remove_partials
 from clips.run import RunPaths
-from student.extract import FeatureSettings, load_run_features, run_features
+from student.extract import RunConfig, load_run_features, run_features
 from teacher.agents import Agent, AgentContext, AgentSpec, build_agent, default_agents
 from teacher.store import AgentStore
 
 
 @dataclass
-class TeacherLabelConfig:
+class TeacherLabelConfig(RunConfig):
     """Settings of `teacher-label`."""
 
-    # dataset folder (MER2024 release layout or a generic folder)
-    data: Path
-    # run folder that holds features, agent outputs, models and the submission
-    run: Path
-    # the unlabelled folder's name inside `data`; found automatically when None
-    unlabelled_dir: str | None = None
-    # extractors, their options, workers and frames
-    features: FeatureSettings = field(default_factory=FeatureSettings)
     # the teacher agents to run
     agents: list[AgentSpec] = field(default_factory=default_agents)
     # clips scored per stored shard
     batch_size: int = 1024
-    # show progress bars
-    progress: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
