@@ -14,6 +14,7 @@ from clips.labels import NUM_LABELS
 from student.fusion import AttentionFusion, drop_modalities
 from student.train import (
     StudentConfig,
+    batch_rows,
     fold_rows,
     load_student,
     predict_student,
@@ -145,8 +146,16 @@ def test_fold_rows_keep_pseudo_rows_out_of_validation() -> None:
         assert set(train.tolist()) == expected and len(train) == len(expected)
 
 
-def test_steps_per_epoch_follows_the_labelled_rows_unless_capped() -> None:
+def test_batch_grows_with_many_pseudo_labelled_rows() -> None:
     cfg = StudentConfig(batch_size=32)
+    assert batch_rows(cfg, 561) == 32 and batch_rows(cfg, 20) == 20
+    assert batch_rows(cfg, 119_000) == 117                  # ceil(119,000 / 1,024)
+    assert steps_per_epoch(cfg, n_train=119_000, n_labelled_train=4024) == 35   # about 4,024 rows an epoch
+    assert batch_rows(dataclasses.replace(cfg, batch_growth=None), 119_000) == 32
+
+
+def test_steps_per_epoch_follows_the_labelled_rows_unless_capped() -> None:
+    cfg = StudentConfig(batch_size=32, batch_growth=None)
     assert steps_per_epoch(cfg, n_train=119_000, n_labelled_train=4024) == 126
     assert steps_per_epoch(dataclasses.replace(cfg, max_steps_per_epoch=500), 119_000, 4024) == 500
     assert steps_per_epoch(dataclasses.replace(cfg, max_steps_per_epoch=10**6), 119_000, 4024) == 3719
