@@ -39,3 +39,9 @@ def test_shipped_values_arrive():
     assert label.agents[3].options["family"] == "qwen2_audio"
     train = load_config(TeacherTrainConfig, CONFIGS / "teacher-audio.yaml", {"data": "d", "out": "o"})
     assert train.teacher.family == "qwen2_audio" and train.lora.r == 16 and train.learning_rate == 1e-4
+
+
+def test_shipped_distill_config_is_the_default():
+    shipped = load_config(DistillConfig, CONFIGS / "distill.yaml", {"data": "d", "run": "r"})
+    assert shipped.filter == DistillConfig(data=Path("d"), run=Path("r")).filter
+    assert shipped.student == DistillConfig(data=Path("d"), run=Path("r")).student
