@@ -11,6 +11,7 @@ bfloat16 on CUDA. dim comes from the model's config.json, read when first asked 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +62,9 @@ def audio_chunks(audio: np.ndarray, chunk_seconds: float, min_seconds: float = 1
     return [audio[start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
+@functools.cache
 def _config(model: str) -> Any:
+    """The model's config, read once per process (every `dim` lookup asks for it)."""
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(model)
@@ -77,16 +80,13 @@ class HubertExtractor:
     min_seconds: float = 0.1
     name: str = field(default="hubert", init=False)
     modality: str = field(default="audio", init=False)
-    _dim: int | None = field(default=None, init=False, repr=False)
     _net: Any = field(default=None, init=False, repr=False)
     _processor: Any = field(default=None, init=False, repr=False)
 
     @property
     def dim(self) -> int:
         """Hidden size of the model (from its config)."""
-        if self._dim is None:
-            self._dim = int(_config(self.model).hidden_size)
-        return self._dim
+        return int(_config(self.model).hidden_size)
 
     def settings(self) -> dict:
         """Model, pooled layers, chunk length and the minimum audio length."""
@@ -130,7 +130,6 @@ class ClipExtractor:
     min_size: int = 40
     name: str = field(default="clip", init=False)
     modality: str = field(default="visual", init=False)
-    _dim: int | None = field(default=None, init=False, repr=False)
     _net: Any = field(default=None, init=False, repr=False)
     _processor: Any = field(default=None, init=False, repr=False)
     detector: FaceDetector = field(init=False, repr=False)
@@ -146,10 +145,8 @@ class ClipExtractor:
     @property
     def dim(self) -> int:
         """projection_dim for a full CLIPModel checkpoint (image embeddings), else the vision hidden size."""
-        if self._dim is None:
-            config = _config(self.model)
-            self._dim = int(config.projection_dim if config.model_type == "clip" else config.hidden_size)
-        return self._dim
+        config = _config(self.model)
+        return int(config.projection_dim if config.model_type == "clip" else config.hidden_size)
 
     def settings(self) -> dict:
         """Model, view, frames per clip and the face detector's parameters."""
@@ -204,16 +201,13 @@ class HFTextExtractor:
     max_length: int = 512
     name: str = field(default="hf_text", init=False)
     modality: str = field(default="text", init=False)
-    _dim: int | None = field(default=None, init=False, repr=False)
     _net: Any = field(default=None, init=False, repr=False)
     _tokenizer: Any = field(default=None, init=False, repr=False)
 
     @property
     def dim(self) -> int:
         """Hidden size of the model (from its config)."""
-        if self._dim is None:
-            self._dim = int(_config(self.model).hidden_size)
-        return self._dim
+        return int(_config(self.model).hidden_size)
 
     def settings(self) -> dict:
         """Model, pooled layers and the token limit."""
