@@ -13,7 +13,6 @@ unlabelled (pseudo.measure): run/pseudo/filters.json and precision-coverage.png.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -23,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from clips.config import to_dict
-from clips.dataset import load_corpus
+from clips.dataset import load_corpus, read_label_csv
 from clips.io import atomic_write_text
-from clips.labels import LABELS, NUM_LABELS, is_label, label_index
+from clips.labels import LABELS, NUM_LABELS, label_index
 from clips.run import RunPaths
 from clips.scoring import Scores, score
 from pseudo.measure import (
@@ -130,47 +129,30 @@ class _Data:
 
 
 def read_hidden_labels(path: Path, pool: list[str]) -> np.ndarray:
-    """(pool,) label indices of the pool's clips from a name,discrete CSV.
+    """(pool,) label indices of the pool's clips from a name,discrete CSV (checked by read_label_csv).
 
-    Raises ValueError listing unknown labels and the pool clips the file lacks.
+    Raises ValueError naming the pool clips the file lacks.
     """
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        rows = {row.get("name", ""): row.get("discrete", "") for row in csv.DictReader(handle)}
-    bad = sorted({label for label in rows.values() if not is_label(label)})
-    missing = [n for n in pool if n not in rows]
-    if bad or missing:
-        raise ValueError(f"{path}: unknown labels {bad[:10]}, {len(missing)} pool clip(s) without a label "
-                         f"({', '.join(missing[:10])}); give a name,discrete CSV covering the whole pool")
-    return np.array([label_index(rows[n]) for n in pool], dtype=np.int64)
+    labels = read_label_csv(path)
+    missing = [n for n in pool if n not in labels]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} pool clip(s) without a label ({', '.join(missing[:10])}); "
+                         "give a name,discrete CSV covering the whole pool")
+    return np.array([label_index(labels[n]) for n in pool], dtype=np.int64)
 
 
 def load_agents(run: Path, agents: list[str] | None) -> tuple[AgentStore, list[str]]:
     """The run's agent store and the agents to use; raises ValueError naming missing agents."""
     store = AgentStore(RunPaths(run).agents)
     agents = agents if agents is not None else store.agents()
-    missing = [a for a in agents if a not in store.agents()]
+    available = set(store.agents())
+    missing = [a for a in agents if a not in available]
     if not agents or missing:
         raise ValueError(
             f"{RunPaths(run).agents}: no stored outputs for agent(s) {missing or 'any'}; "
             "run `python cli.py teacher-label` with this --run first"
         )
     return store, agents
-
-
-def pseudo_labels_from_store(
-    run: Path, pool: list[str], labelled_counts: np.ndarray, cfg: FilterConfig, agents: list[str] | None,
-    held: HeldOut | None = None, thresholds: np.ndarray | None = None,
-) -> tuple[PseudoLabels, list[str], np.ndarray]:
-    """Filter the stored agents' probabilities of the pool; returns (pseudo, agent names, probs).
-
-    `held` gives the calibration temperatures and agent scores (None: probabilities as stored).
-    """
-    store, agents = load_agents(run, agents)
-    probs = store.matrix(agents, pool)                                 # (agents, pool, 6)
-    pseudo = select_pseudo_labels(
-        probs, pool, cfg, labelled_counts, temperatures=None if held is None else held.temperatures,
-        agent_scores=None if held is None else held.agent_scores, thresholds=thresholds)
-    return pseudo, agents, probs
 
 
 def _train(data: _Data, pseudo: PseudoLabels | None, cfg: DistillConfig) -> tuple[StudentResult, Scores | None]:
@@ -237,10 +219,10 @@ def measure_filters(held: HeldOut, cfg: FilterConfig, counts: np.ndarray, agents
     return summary
 
 
-def _ablation(data: _Data, cfg: DistillConfig, held: HeldOut, labelled_probs: np.ndarray, pool_probs: np.ndarray,
+def _ablation(data: _Data, cfg: DistillConfig, held: HeldOut, pool_probs: np.ndarray,
               main: tuple[PseudoLabels, StudentResult, Scores | None]) -> list[AblationRow]:
     """Labelled only; + fixed 0.95; + the chosen filter (hard); + soft targets; + a noisy-student second round."""
-    def row(variant: str, fcfg: FilterConfig | None, h: HeldOut, lp: np.ndarray, pp: np.ndarray,
+    def row(variant: str, fcfg: FilterConfig | None, h: HeldOut, pp: np.ndarray,
             reuse: tuple[PseudoLabels, StudentResult, Scores | None] | None = None):
         log.info("ablation: %s", variant)
         if fcfg is None:
@@ -258,19 +240,22 @@ def _ablation(data: _Data, cfg: DistillConfig, held: HeldOut, labelled_probs: np
     chosen = cfg.filter
     fixed = replace(chosen, mask="fixed", threshold=BASELINE_THRESHOLD, class_thresholds={}, target_precision=None,
                     soft=False)
-    rows = [row("labelled only", None, held, labelled_probs, pool_probs)[0],
-            row(f"+ pseudo, fixed {BASELINE_THRESHOLD}", fixed, held, labelled_probs, pool_probs)[0]]
+    rows = [row("labelled only", None, held, pool_probs)[0],
+            row(f"+ pseudo, fixed {BASELINE_THRESHOLD}", fixed, held, pool_probs)[0]]
     hard, soft = replace(chosen, soft=False), replace(chosen, soft=True)
-    hard_row, hard_result = row("+ pseudo, chosen filter", hard, held, labelled_probs, pool_probs,
+    hard_row, hard_result = row("+ pseudo, chosen filter", hard, held, pool_probs,
                                 None if chosen.soft else main)
-    soft_row, soft_result = row("+ soft targets", soft, held, labelled_probs, pool_probs,
+    soft_row, soft_result = row("+ soft targets", soft, held, pool_probs,
                                 main if chosen.soft else None)
     rows += [hard_row, soft_row]
     # noisy student: the round-1 student (the saved one) is one more agent: out-of-fold on the labelled clips
     round1 = soft_result if chosen.soft else hard_result
-    held2 = hold_out_agents(np.concatenate([labelled_probs, round1.oof_probs[None]]), data.y)
-    pool2 = np.concatenate([pool_probs, _pool_probs(round1, data)[None]])
-    rows.append(row("+ round 2 (student as agent)", chosen, held2, held2.probs, pool2)[0])
+    held2 = hold_out_agents(np.concatenate([held.probs, round1.oof_probs[None]]), data.y)
+    # a clip with no modality gets no evidence from the student (a NaN row), not the class prior
+    pool_has = data.masks[len(data.labelled):].any(axis=1)[:, None]
+    student_pool = np.where(pool_has, _pool_probs(round1, data), np.nan).astype(np.float32)
+    pool2 = np.concatenate([pool_probs, student_pool[None]])
+    rows.append(row("+ round 2 (student as agent)", chosen, held2, pool2)[0])
     return rows
 
 
@@ -304,12 +289,13 @@ def distill(cfg: DistillConfig) -> DistillReport:
     kept, pseudo, point, thresholds, summary = {label: 0 for label in LABELS}, None, None, None, {}
     if cfg.use_pseudo:
         store, agents = load_agents(cfg.run, cfg.agents)
-        labelled_probs = store.matrix(agents, labelled)                # (agents, labelled, 6) out-of-fold
+        probs = store.matrix(agents, labelled + pool)                  # (agents, clips, 6); one read of the store
+        labelled_probs, pool_probs = probs[:, : len(labelled)], probs[:, len(labelled):]  # out-of-fold, pool
         held = hold_out_agents(labelled_probs, y)
         summary = measure_filters(held, cfg.filter, counts, agents, RunPaths(cfg.run).pseudo)
         thresholds = _choose_thresholds(held, cfg.filter)
-        pseudo, agents, pool_probs = pseudo_labels_from_store(cfg.run, pool, counts, cfg.filter, agents, held,
-                                                              thresholds)
+        pseudo = select_pseudo_labels(pool_probs, pool, cfg.filter, counts, temperatures=held.temperatures,
+                                      agent_scores=held.agent_scores, thresholds=thresholds)
         write_pseudo_labels(pseudo, agents, pool_probs, RunPaths(cfg.run).pseudo / "pseudo-labels.csv")
         kept = pseudo.counts()
         point = _held_point(held, cfg.filter, counts)
@@ -321,7 +307,7 @@ def distill(cfg: DistillConfig) -> DistillReport:
         thresholds=None if thresholds is None else {lb: float(t) for lb, t in zip(LABELS, thresholds, strict=True)},
         hidden=hidden)
     if cfg.report:
-        report.ablation = _ablation(data, cfg, held, labelled_probs, pool_probs, (pseudo, result, hidden))
+        report.ablation = _ablation(data, cfg, held, pool_probs, (pseudo, result, hidden))
         atomic_write_text(cfg.out / "ablation.md", ablation_markdown(report.ablation))
         atomic_write_text(cfg.out / "ablation.json", json.dumps({
             "rows": [asdict(r) for r in report.ablation], "filters": summary, "config": to_dict(cfg),

@@ -97,4 +97,4 @@ def test_ask_prints_probabilities_and_an_answer(tiny_dirs, refs):
     assert set(printed) == set(LABELS) and sum(map(float, printed.values())) == pytest.approx(1.0, abs=5e-3)
     assert lines[1].startswith("qwen-audio says:")
     answers = ask_clip(refs["v0"].path, [spec], question="Is the speaker calm?", max_new_tokens=3, echo=lines.append)
-    assert isinstance(answers[0].text, str)
+    assert isinstance(answers[0].text, str) and lines[-1].startswith("qwen-audio says:")

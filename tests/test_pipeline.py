@@ -55,6 +55,8 @@ def test_every_stage_writes_its_outputs(pipeline):
     statuses = {row["name"]: row["status"] for row in _rows(paths.features / "status.csv")}
     assert len(statuses) == 120
     manifest = __import__("json").loads((data / "demo-manifest.json").read_text())
+    assert {c["kind"] for c in manifest["broken"]} == {"unreadable", "no_audio", "no_video", "no_face",
+                                                       "empty_transcript"}
     for clip in manifest["broken"]:
         # each broken clip carries its kind's flag (an unreadable file is also without audio and video)
         expected = {"unreadable": "unreadable", "no_audio": "no_audio", "no_video": "no_video",
@@ -71,6 +73,7 @@ def test_every_stage_writes_its_outputs(pipeline):
     report = __import__("json").loads((paths.student / "report.json").read_text())
     assert report["labelled"] == 48 and 0.0 <= report["waf"] <= 1.0
     kept = _rows(paths.pseudo / "pseudo-labels.csv")
+    assert kept
     assert sum(report["kept"].values()) == len(kept)
     assert all(row["name"] in pool for row in kept)
 

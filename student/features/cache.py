@@ -363,7 +363,7 @@ def _read_index(path: Path, dim: int) -> dict | None:
     if not shapes_ok:
         return None
     arrays["rows"] = {str(name): row for row, name in enumerate(arrays["names"])}
-    arrays["as_of"] = int(arrays["as_of"])
+    arrays["as_of"] = int(arrays.get("as_of", 0))  # an index without it is rebuilt from every clip file
     return arrays
 
 

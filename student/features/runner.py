@@ -30,7 +30,7 @@ from clips import media
 from clips.dataset import ClipRef
 from clips.io import atomic_write_text, check_name, remove_partials
 from clips.status import format_status, merge_status, parse_status
-from student.features.base import MISSING_STATUS, Extractor, FeatureResult, cache_key, finite_vector
+from student.features.base import Extractor, FeatureResult, cache_key, finite_vector, missing
 from student.features.cache import clip_path, read_entry, refresh_index, write_entry, write_meta
 from student.features.registry import build_extractor
 
@@ -148,7 +148,7 @@ class ClipWorker:
                 result = _checked(extractor.extract(clip, ref.transcript), extractor.dim)
             except Exception as err:  # one broken clip must not stop a 120,000-clip run
                 error = f"{type(err).__name__}: {err}"
-                result = FeatureResult(None, (MISSING_STATUS[extractor.modality],))
+                result = missing(extractor.modality)
                 outcome.errors.append((key, error))
             outcome.seconds[key] = time.perf_counter() - started
             # only an extractor's own crash is stored as an error (and retried by a rerun); a file that does not
