@@ -68,7 +68,8 @@ def main() -> None:
 @QUIET
 def make_demo_cmd(out, config_path, labelled, unlabelled, seed, workers, quiet) -> None:
     """Write a synthetic MER2024-layout corpus of short mp4 clips to OUT."""
-    from clips.demo import DemoConfig, make_demo
+    from demo.corpus import make_demo
+    from demo.plan import DemoConfig
 
     cfg = _build(DemoConfig, config_path, {"labelled": labelled, "unlabelled": unlabelled, "seed": seed,
                                            "workers": workers})
@@ -87,7 +88,7 @@ def make_demo_cmd(out, config_path, labelled, unlabelled, seed, workers, quiet) 
 @QUIET
 def features_cmd(config_path, data, run, unlabelled_dir, workers, engine, quiet) -> None:
     """Extract and cache the features of every clip (a rerun skips cached clips)."""
-    from student.extract import FeaturesConfig, features_stage
+    from features.stage import FeaturesConfig, features_stage
 
     overrides = _common(data, run, unlabelled_dir, workers, quiet)
     overrides["features"]["engine"] = engine
@@ -207,7 +208,7 @@ def evaluate_cmd(predictions, labels, png) -> None:
 @QUIET
 def demo_cmd(config_path, out, labelled, unlabelled, quiet) -> None:
     """Run the whole pipeline on a synthetic corpus and compare students with and without pseudo-labels."""
-    from student.demo import DemoRunConfig, run_demo
+    from demo.stage import DemoRunConfig, run_demo
 
     cfg = _build(DemoRunConfig, config_path, {"out": out, "corpus": {"labelled": labelled, "unlabelled": unlabelled},
                                               "progress": False if quiet else None})

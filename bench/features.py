@@ -22,7 +22,7 @@ import numpy as np
 
 from clips.dataset import ClipRef
 from clips.media import SAMPLE_RATE
-from student.features import DEFAULT_EXTRACTORS, extract_features
+from features import DEFAULT_EXTRACTORS, extract_features
 
 TRANSCRIPTS = ("我今天真的非常高兴", "你为什么不早点告诉我", "别担心，一切都会好起来的", "这到底是怎么回事")
 

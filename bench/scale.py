@@ -38,10 +38,10 @@ def names_of(labelled: int, pool: int) -> tuple[list[str], list[str]]:
 def synthesise(root: Path, labelled: int, pool: int, seed: int = 0) -> None:
     """Write the corpus (label CSV, zero-byte pool files) and one feature cache file per clip and extractor."""
     from clips.io import atomic_write_text
-    from student.extract import FeatureSettings
-    from student.features import build_extractor
-    from student.features.base import FeatureResult
-    from student.features.cache import clip_path, write_meta
+    from features import build_extractor
+    from features.base import FeatureResult
+    from features.cache import clip_path, write_meta
+    from features.stage import FeatureSettings
 
     data, run = root / "data", root / "run"
     labelled_names, pool_names = names_of(labelled, pool)
@@ -67,7 +67,7 @@ def synthesise(root: Path, labelled: int, pool: int, seed: int = 0) -> None:
 
 
 def _write_entry_fast(path: Path, result, dim: int) -> None:
-    """student.features.cache.write_entry without the fsync: synthetic files need no crash safety, and
+    """features.cache.write_entry without the fsync: synthetic files need no crash safety, and
     360,000 fsyncs would dominate the bench."""
     import io
 
@@ -108,7 +108,7 @@ def store(root: Path, labelled: int, pool: int, batch: int = 1024, seed: int = 0
 
 def load(root: Path, labelled: int, pool: int, cold: bool) -> dict[str, float]:
     """load_features of every clip; `cold` first deletes every index and consolidated file."""
-    from student.extract import FeatureSettings, load_run_features
+    from features.stage import FeatureSettings, load_run_features
 
     features = RunPaths(root / "run").features
     if cold:
@@ -123,8 +123,8 @@ def load(root: Path, labelled: int, pool: int, cold: bool) -> dict[str, float]:
 
 def distill_stage(root: Path, epochs: int) -> dict[str, float]:
     """The real `distill` (pseudo-labels from the store, 5-fold student) with few epochs."""
+    from features.stage import FeatureSettings
     from student.distill import DistillConfig, distill
-    from student.extract import FeatureSettings
     from student.train import StudentConfig
 
     cfg = DistillConfig(data=root / "data", run=root / "run", features=FeatureSettings(workers=1),
@@ -135,7 +135,7 @@ def distill_stage(root: Path, epochs: int) -> dict[str, float]:
 
 def submit_stage(root: Path) -> dict[str, float]:
     """The real `submit` over the whole pool."""
-    from student.extract import FeatureSettings
+    from features.stage import FeatureSettings
     from student.submit import SubmitConfig, submit
 
     summary = submit(SubmitConfig(data=root / "data", run=root / "run", features=FeatureSettings(workers=1),

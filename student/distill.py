@@ -27,6 +27,7 @@ from clips.io import atomic_write_text
 from clips.labels import LABELS, NUM_LABELS, label_index
 from clips.run import RunPaths
 from clips.scoring import Scores, score
+from features.stage import RunConfig, load_run_features, run_features
 from pseudo.measure import (
     FilterPoint,
     HeldOut,
@@ -39,7 +40,6 @@ from pseudo.measure import (
     target_thresholds,
 )
 from pseudo.select import FilterConfig, PseudoLabels, select_pseudo_labels, write_pseudo_labels
-from student.extract import RunConfig, load_run_features, run_features
 from student.train import StudentConfig, StudentResult, predict_student, save_student, train_student
 from teacher.store import AgentStore
 

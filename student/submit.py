@@ -21,7 +21,7 @@ from clips.dataset import load_corpus, read_names_csv
 from clips.io import atomic_write_text
 from clips.labels import LABELS, NUM_LABELS, is_label, label_index
 from clips.run import RunPaths
-from student.extract import RunConfig, load_run_features, run_features
+from features.stage import RunConfig, load_run_features, run_features
 from student.train import load_student, predict_student
 
 

@@ -42,7 +42,8 @@ from llm.hf_backend import (
 from llm.prompts import label_words
 from llm.requests import Request
 from llm.scoring import END_TOKEN, LabelScoring, plan_scoring
-from teacher.llm_agent import ClipRequests, LLMAgentOptions
+from teacher.llm_agent import ClipRequests
+from teacher.llm_options import LLMAgentOptions
 
 log = logging.getLogger(__name__)
 

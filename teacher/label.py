@@ -21,8 +21,9 @@ from tqdm import tqdm
 from clips.dataset import Corpus, load_corpus
 from clips.io import remove_partials
 from clips.run import RunPaths
-from student.extract import RunConfig, load_run_features, run_features
-from teacher.agents import Agent, AgentContext, AgentSpec, build_agent, default_agents
+from features.stage import RunConfig, load_run_features, run_features
+from teacher.agents import build_agent
+from teacher.spec import Agent, AgentContext, AgentSpec, default_agents
 from teacher.store import AgentStore
 
 

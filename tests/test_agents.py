@@ -5,8 +5,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from clips.labels import LABELS
-from student.features import FeatureSet
-from teacher.agents import AgentContext, AgentSpec, build_agent, default_agents
+from features import FeatureSet
+from teacher.agents import build_agent
+from teacher.spec import AgentContext, AgentSpec, default_agents
 
 
 def _features(n_per_class: int = 20, seed: int = 0):

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from clips.config import load_config
+from features.stage import FeaturesConfig
 from student.distill import DistillConfig
-from student.extract import FeaturesConfig
 from teacher.finetune import TeacherTrainConfig
 from teacher.label import TeacherLabelConfig
 

@@ -21,8 +21,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from clips.config import ConfigError
-from clips.demo import (
-    AUDIO_GROUP,
+from clips.labels import LABELS
+from demo.audio import AUDIO_GROUP, audio_cues, synth_speech
+from demo.corpus import make_demo
+from demo.faces import VISUAL_GROUP, render_frames
+from demo.plan import (
     BROKEN_KINDS,
     HIDDEN_LABELS_CSV,
     LABEL_CSV,
@@ -31,18 +34,12 @@ from clips.demo import (
     MERGE_CSV,
     TRANSCRIPTION_CSV,
     UNLABELLED_DIR,
-    VISUAL_GROUP,
     DemoConfig,
     DemoSummary,
-    audio_cues,
     class_counts,
     expression_strengths,
-    make_demo,
-    render_frames,
-    synth_speech,
-    transcript_line,
 )
-from clips.labels import LABELS
+from demo.text import transcript_line
 
 SMALL = DemoConfig(labelled=36, unlabelled=36, broken_per_kind=2, seed=0, workers=2)
 CSV_FILES = (LABEL_CSV, TRANSCRIPTION_CSV, MERGE_CSV, HIDDEN_LABELS_CSV)

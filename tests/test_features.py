@@ -16,7 +16,7 @@ from clips import media
 from clips.dataset import ClipRef
 from clips.io import atomic_save_npz
 from clips.media import SAMPLE_RATE, DecodedClip
-from student.features import (
+from features import (
     DEFAULT_EXTRACTORS,
     EXTRACTORS,
     FeatureResult,
@@ -25,8 +25,8 @@ from student.features import (
     extract_features,
     load_features,
 )
-from student.features.cache import clip_path, read_entry, write_entry
-from student.features.face import (
+from features.cache import clip_path, read_entry, write_entry
+from features.face import (
     CROP_SIZE,
     FACE_DIM,
     FACE_LAYOUT,
@@ -143,7 +143,7 @@ def test_face_features_from_given_boxes() -> None:
     np.testing.assert_allclose(geometry[:4], [2 / 3, 0.5, 0.4, 0.0], atol=1e-6)
     np.testing.assert_allclose(geometry[4], (30 + 32) / 2 / 100, atol=1e-6)
     # only the two frames with a face are averaged: the same as averaging their crops' descriptors by hand
-    from student.features.face import crop_descriptor
+    from features.face import crop_descriptor
 
     manual = np.mean([crop_descriptor(crop_gray(frames[i], boxes[i]))[0] for i in (0, 2)], axis=0)
     np.testing.assert_allclose(vector[FACE_LAYOUT["appearance"]], manual, rtol=1e-5, atol=1e-6)

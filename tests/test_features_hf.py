@@ -22,8 +22,8 @@ from transformers import (
 )
 
 from clips.media import SAMPLE_RATE, DecodedClip
-from student.features import FeatureResult, build_extractor, cache_key
-from student.features.hf import audio_chunks, sum_last_layers
+from features import FeatureResult, build_extractor, cache_key
+from features.hf import audio_chunks, sum_last_layers
 
 VISION = dict(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=2)
 

@@ -9,7 +9,8 @@ from clips.labels import LABELS
 from clips.media import DecodedClip
 from llm.tiny import TINY_MAX_PIXELS, TINY_MIN_PIXELS
 from llm.views import clip_media
-from teacher.agents import AgentContext, AgentSpec, build_agent
+from teacher.agents import build_agent
+from teacher.spec import AgentContext, AgentSpec
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def test_face_view_without_a_face_has_no_frames():
 
 def test_teacher_train_end_to_end_then_serve_adapter_and_merged(tiny_dirs, refs, tmp_path):
     from teacher.finetune import LoraSettings, TeacherTrainConfig, train_teacher
-    from teacher.llm_agent import LLMAgentOptions
+    from teacher.llm_options import LLMAgentOptions
 
     labelled = [r for r in refs.values() if r.label is not None]
     teacher = LLMAgentOptions(model=str(tiny_dirs["qwen2_audio"]), family="qwen2_audio", view="audio", device="cpu")

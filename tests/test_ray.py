@@ -14,7 +14,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="ray is not installed (optional extra: pip install -e '.[ray]')")
 
 from clips.dataset import ClipRef  # noqa: E402
-from student.features import extract_features, load_features  # noqa: E402
+from features import extract_features, load_features  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,8 @@ import pytest
 
 from clips.dataset import load_corpus
 from clips.run import RunPaths
-from student.extract import FeatureSettings, load_run_features
-from student.features.cache import read_entry, read_meta
+from features.cache import read_entry, read_meta
+from features.stage import FeatureSettings, load_run_features
 from teacher.store import AgentStore
 
 pytestmark = pytest.mark.slow

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from clips.io import check_name, load_npz, name_problem
-from student.features.base import FeatureResult
-from student.features.cache import clip_path, read_entry, write_entry
+from features.base import FeatureResult
+from features.cache import clip_path, read_entry, write_entry
 from teacher.store import AgentStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def test_remote_code_is_never_trusted_by_default() -> None:
     assert calls(r"trust_remote_code") == []
     loaders = calls(r"from_pretrained\(")
     assert any(str(path).startswith("llm") for path, _, _ in loaders)
-    assert any(str(path) == "student/features/hf.py" for path, _, _ in loaders)
+    assert any(str(path) == "features/hf.py" for path, _, _ in loaders)
 
 
 def test_np_load_never_unpickles(tmp_path: Path) -> None:

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clips.dataset import load_corpus
-from clips.demo import DemoConfig, make_demo
 from clips.run import RunPaths
 from clips.scoring import Scores, evaluate_csv
+from demo.corpus import make_demo
+from demo.plan import DemoConfig
+from features.stage import FeatureSettings, run_features
 from pseudo.select import FilterConfig
 from student.distill import DistillConfig, DistillReport, distill
-from student.extract import FeatureSettings, run_features
 from student.submit import SubmitConfig, SubmitSummary, submit
 from student.train import StudentConfig
 from teacher.label import TeacherLabelConfig, teacher_label

@@ -35,7 +35,7 @@ import numpy as np
 
 from clips.io import atomic_save_npz, atomic_write_text, check_name, load_npz
 from clips.status import format_status, parse_status
-from student.features.base import Extractor, FeatureResult, cache_key
+from features.base import Extractor, FeatureResult, cache_key
 
 META_FILE = "meta.json"
 INDEX_FILE = "index.npz"

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from clips.dataset import Corpus, load_corpus
 from clips.run import RunPaths
-from student.features import (
+from features import (
     DEFAULT_EXTRACTORS,
     EXTRACTORS,
     ExtractionReport,
@@ -29,7 +29,7 @@ from student.features import (
 class FeatureSettings:
     """Which features every stage reads; stages of one run must use the same settings."""
 
-    # extractor names from the registry (student.features.EXTRACTORS)
+    # extractor names from the registry (features.EXTRACTORS)
     extractors: tuple[str, ...] = DEFAULT_EXTRACTORS
     # options per extractor, e.g. {"hubert": {"model": "/models/chinese-hubert-large"}}
     extractor_options: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -30,9 +30,9 @@ from clips import media
 from clips.dataset import ClipRef
 from clips.io import atomic_write_text, check_name, remove_partials
 from clips.status import format_status, merge_status, parse_status
-from student.features.base import Extractor, FeatureResult, cache_key, finite_vector, missing
-from student.features.cache import clip_path, read_entry, refresh_index, write_entry, write_meta
-from student.features.registry import build_extractor
+from features.base import Extractor, FeatureResult, cache_key, finite_vector, missing
+from features.cache import clip_path, read_entry, refresh_index, write_entry, write_meta
+from features.registry import build_extractor
 
 STATUS_FILE = "status.csv"
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")

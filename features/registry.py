@@ -14,41 +14,41 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from student.features.base import Extractor
+from features.base import Extractor
 
 
 def _egemaps(num_frames: int = 8, **options: Any) -> Extractor:
-    from student.features.audio import EgemapsExtractor
+    from features.audio import EgemapsExtractor
 
     return EgemapsExtractor(**options)
 
 
 def _face(num_frames: int = 8, **options: Any) -> Extractor:
-    from student.features.face import FaceExtractor
+    from features.face import FaceExtractor
 
     return FaceExtractor(num_frames=num_frames, **options)
 
 
 def _e5(num_frames: int = 8, **options: Any) -> Extractor:
-    from student.features.text import E5Extractor
+    from features.text import E5Extractor
 
     return E5Extractor(**options)
 
 
 def _hubert(num_frames: int = 8, **options: Any) -> Extractor:
-    from student.features.hf import HubertExtractor
+    from features.hf import HubertExtractor
 
     return HubertExtractor(**options)
 
 
 def _clip(num_frames: int = 8, **options: Any) -> Extractor:
-    from student.features.hf import ClipExtractor
+    from features.hf import ClipExtractor
 
     return ClipExtractor(num_frames=num_frames, **options)
 
 
 def _hf_text(num_frames: int = 8, **options: Any) -> Extractor:
-    from student.features.hf import HFTextExtractor
+    from features.hf import HFTextExtractor
 
     return HFTextExtractor(**options)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from clips.media import DecodedClip
-from student.features.base import FeatureResult, finite_vector, missing
+from features.base import FeatureResult, finite_vector, missing
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from clips.media import SAMPLE_RATE, DecodedClip
-from student.features.base import FeatureResult, finite_vector, missing
+from features.base import FeatureResult, finite_vector, missing
 
 
 @dataclass

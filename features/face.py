@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from clips.media import DecodedClip
-from student.features.base import FeatureResult, finite_vector, missing
+from features.base import FeatureResult, finite_vector, missing
 
 Box = tuple[int, int, int, int]
 

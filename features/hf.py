@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from clips.media import SAMPLE_RATE, DecodedClip
-from student.features.base import FeatureResult, finite_vector, missing
-from student.features.face import FaceDetector
+from features.base import FeatureResult, finite_vector, missing
+from features.face import FaceDetector
 
 
 def default_device() -> Any:
