@@ -1,6 +1,7 @@
 """`--engine ray`: features and teacher-label on local Ray Data CPU workers give the single-process outputs.
 
-Ray is an optional extra (pip install -e ".[ray]") that CI does not install: these tests skip without it.
+Ray is an optional extra (pip install -e ".[ray]"); the README test command and CI install it, so these run on
+every change and skip only where a user left the extra out.
 """
 
 from __future__ import annotations
