@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from clips.folds import FoldAssignment
 from teacher.llm_options import LLMAgentOptions
 
 AGENT_KINDS = ("features", "llm")
@@ -35,10 +36,6 @@ class AgentSpec:
     modality: str | None = None
     # features: inverse L2 strength of the logistic regression
     C: float = 0.5
-    # features: folds for the out-of-fold predictions on labelled clips
-    folds: int = 5
-    # random seed of the fold split
-    seed: int = 0
     # llm: model, family, view, ... (validated by teacher.llm_options.LLMAgentOptions)
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -48,8 +45,6 @@ class AgentSpec:
         if self.kind == "features" and self.modality is None:
             raise ValueError(f"agent {self.name!r}: a features agent needs `modality` "
                              "(audio, visual, text or all)")
-        if self.folds < 2:
-            raise ValueError(f"agent {self.name!r}: folds={self.folds}; use at least 2")
         if self.kind == "llm":
             LLMAgentOptions.from_options(self.options, self.name)
 
@@ -83,3 +78,9 @@ class AgentContext:
     labels: dict[str, str]
     # every clip by name, for agents that read media (llm agents); None when not given
     clips: dict[str, Any] | None = None
+    # the run's fold assignment of the labelled clips (clips.folds; None: a stratified 5-fold one made from `labels`)
+    folds: FoldAssignment | None = None
+
+
+class NoLabelledEvidence(ValueError):
+    """An agent has too few labelled clips with its inputs to be fitted (e.g. a visual agent on audio-only clips)."""
