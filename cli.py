@@ -240,13 +240,17 @@ def demo_cmd(config_path, out, labelled, unlabelled, quiet) -> None:
 @click.option("--view", help="What the teacher sees: audio, frames, face, audio+video or text.")
 @click.option("--epochs", type=int, help="Training epochs.")
 @click.option("--qlora", is_flag=True, default=None, help="Load the base in 4-bit (QLoRA; CUDA).")
+@click.option("--run", type=click.Path(path_type=Path), help="Run folder whose fold assignment --folds follows.")
+@click.option("--folds", type=int, help="One adapter per fold of the run's assignment (out/fold_K/).")
 @QUIET
-def teacher_train_cmd(config_path, data, unlabelled_dir, out, model, family, view, epochs, qlora, quiet) -> None:
+def teacher_train_cmd(config_path, data, unlabelled_dir, out, model, family, view, epochs, qlora, run, folds,
+                      quiet) -> None:
     """LoRA-fine-tune an LLM teacher on the labelled clips; prints its held-out WAF."""
     from teacher.finetune import TeacherTrainConfig, teacher_train
 
     overrides = {"data": data, "unlabelled_dir": unlabelled_dir, "out": out, "epochs": epochs, "qlora": qlora,
-                 "teacher": {"model": model, "family": family, "view": view}, "progress": False if quiet else None}
+                 "run": run, "folds": folds, "teacher": {"model": model, "family": family, "view": view},
+                 "progress": False if quiet else None}
     report = teacher_train(_build(TeacherTrainConfig, config_path, overrides))
     waf = "n/a" if report.waf is None else f"{report.waf:.4f}"
     click.echo(f"held-out WAF {waf} on {report.held_clips} clips; trained on {report.train_clips}")

@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 from clips.folds import assign_folds
 from clips.labels import NUM_LABELS, label_index
-from teacher.spec import Agent, AgentContext, AgentSpec, NoLabelledEvidence
+from teacher.spec import Agent, AgentContext, AgentSpec, NoLabelledEvidence, combine_folds
 
 
 class FeatureAgent:
@@ -89,17 +89,6 @@ class FeatureAgent:
     def score(self, names: Sequence[str]) -> np.ndarray:
         """(len(names), 6): a labelled clip's own fold model (out of fold), the mean of the fold models for others."""
         return combine_folds(self.score_folds(names), self.folds.of(names))
-
-
-def combine_folds(fold_probs: np.ndarray, fold_of: np.ndarray) -> np.ndarray:
-    """(n, 6) from (n, K, 6) fold-model probabilities: row i's own fold model where fold_of[i] >= 0 (a labelled
-    clip, scored out of fold), else the mean over the fold models with evidence (NaN where none has any)."""
-    has = ~np.isnan(fold_probs).any(axis=-1)                                       # (n, K)
-    total = np.where(has[..., None], fold_probs, 0.0).sum(axis=1)                  # (n, 6)
-    count = has.sum(axis=1)[:, None]
-    mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    own = fold_probs[np.arange(len(fold_of)), np.maximum(fold_of, 0)]               # (n, 6)
-    return np.where((fold_of >= 0)[:, None], own, mean).astype(np.float32)
 
 
 def _aligned_proba(model, x: np.ndarray) -> np.ndarray:

@@ -15,21 +15,24 @@ skipped with one line, and the other agents go on.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from clips.dataset import Corpus, load_corpus
-from clips.folds import run_folds
+from clips.folds import FoldAssignment, run_folds
 from clips.io import remove_partials
+from clips.labels import NUM_LABELS
 from clips.run import RunPaths
 from features.stage import RunConfig, load_run_features, run_features
 from teacher.agents import build_agent
-from teacher.spec import Agent, AgentContext, AgentSpec, NoLabelledEvidence, default_agents
+from teacher.spec import Agent, AgentContext, AgentSpec, NoLabelledEvidence, combine_folds, default_agents
 from teacher.store import AgentStore
 
 log = logging.getLogger(__name__)
@@ -84,9 +87,40 @@ class RayAgentScorer:
 
 def labelled_scores(spec: AgentSpec) -> str:
     """How an agent scores the labelled clips: "out_of_fold", "zero_shot" (saw no label) or "in_sample"."""
-    if spec.kind == "features":
+    if spec.kind == "features" or spec.fold_adapters:
         return "out_of_fold"
     return "in_sample" if spec.options.get("adapter") else "zero_shot"
+
+
+def fold_adapter_specs(spec: AgentSpec, folds: FoldAssignment) -> list[AgentSpec]:
+    """One llm spec per fold adapter of spec.fold_adapters, checked against the run's fold assignment.
+
+    Raises ValueError naming the folder when its adapters were trained on other folds.
+    """
+    root = Path(spec.fold_adapters)
+    meta_path = root / "folds.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    if (meta.get("folds"), meta.get("seed")) != (folds.folds, folds.seed):
+        raise ValueError(f"agent {spec.name!r}: {meta_path} says folds={meta.get('folds')}, seed={meta.get('seed')}; "
+                         f"the run has folds={folds.folds}, seed={folds.seed}: train the adapters with "
+                         "`teacher-train --folds K --run RUN` on this run")
+    return [replace(spec, fold_adapters=None, options={**spec.options, "adapter": str(root / f"fold_{k}" / "adapter")})
+            for k in range(folds.folds)]
+
+
+def _score_with_fold_adapters(spec: AgentSpec, context: AgentContext, todo: list[str]) -> tuple[dict, np.ndarray]:
+    """(settings, (n, K, 6) probabilities) of `todo` under each fold adapter, one model loaded at a time.
+
+    All of `todo` is scored by one adapter before the next loads, so a killed run redoes this agent's clips.
+    """
+    fold_probs = np.full((len(todo), context.folds.folds, NUM_LABELS), np.nan, dtype=np.float32)
+    settings: dict = {}
+    for k, member in enumerate(fold_adapter_specs(spec, context.folds)):
+        agent = build_agent(member, context)
+        settings = {**agent.settings(), "adapter": None, "fold_adapters": spec.fold_adapters}
+        fold_probs[:, k] = agent.score(todo)
+        del agent
+    return settings, fold_probs
 
 
 def _scored_batches(
@@ -145,13 +179,21 @@ def teacher_label(cfg: TeacherLabelConfig) -> TeacherLabelReport:
             skipped[spec.name], scored[spec.name] = len(names), 0
             continue
         try:
-            agent = build_agent(spec, context)
+            agent = None if spec.fold_adapters else build_agent(spec, context)
         except NoLabelledEvidence as err:
             # a corpus without this agent's modality: the other agents still make pseudo-labels
             log.warning("skipping agent %r: %s", spec.name, err)
             no_evidence[spec.name] = str(err)
             continue
         skipped[spec.name], scored[spec.name] = len(names) - len(todo), len(todo)
+        if spec.fold_adapters:
+            settings, fold_probs = _score_with_fold_adapters(spec, context, todo)
+            store.write_meta(spec.name, {**settings, "labelled_scores": labelled_scores(spec)})
+            probs = combine_folds(fold_probs, context.folds.of(todo))
+            for begin in range(0, len(todo), cfg.batch_size):
+                part = slice(begin, begin + cfg.batch_size)
+                store.append(spec.name, todo[part], probs[part], fold_probs[part])
+            continue
         store.write_meta(spec.name, {**agent.settings(), "labelled_scores": labelled_scores(spec)})
         bar = tqdm(total=len(todo), desc=f"agent {spec.name}", unit="clip", disable=not cfg.progress)
         for batch, probs, fold_probs in _scored_batches(cfg, spec, agent, todo):

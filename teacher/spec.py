@@ -38,6 +38,9 @@ class AgentSpec:
     C: float = 0.5
     # llm: model, family, view, ... (validated by teacher.llm_options.LLMAgentOptions)
     options: dict[str, Any] = field(default_factory=dict)
+    # llm: a folder written by `teacher-train --folds K --run RUN` (fold_K/adapter, folds.json); fold k's adapter
+    # scores fold k's labelled clips (out of fold) and every fold's adapter scores the pool; None: options.adapter
+    fold_adapters: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in AGENT_KINDS:
@@ -45,6 +48,8 @@ class AgentSpec:
         if self.kind == "features" and self.modality is None:
             raise ValueError(f"agent {self.name!r}: a features agent needs `modality` "
                              "(audio, visual, text or all)")
+        if self.fold_adapters is not None and (self.kind != "llm" or self.options.get("adapter")):
+            raise ValueError(f"agent {self.name!r}: fold_adapters is for an llm agent without options.adapter")
         if self.kind == "llm":
             LLMAgentOptions.from_options(self.options, self.name)
 
@@ -84,3 +89,14 @@ class AgentContext:
 
 class NoLabelledEvidence(ValueError):
     """An agent has too few labelled clips with its inputs to be fitted (e.g. a visual agent on audio-only clips)."""
+
+
+def combine_folds(fold_probs: np.ndarray, fold_of: np.ndarray) -> np.ndarray:
+    """(n, 6) from (n, K, 6) fold-model probabilities: row i's own fold model where fold_of[i] >= 0 (a labelled
+    clip, scored out of fold), else the mean over the fold models with evidence (NaN where none has any)."""
+    has = ~np.isnan(fold_probs).any(axis=-1)                                       # (n, K)
+    total = np.where(has[..., None], fold_probs, 0.0).sum(axis=1)                  # (n, 6)
+    count = has.sum(axis=1)[:, None]
+    mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    own = fold_probs[np.arange(len(fold_of)), np.maximum(fold_of, 0)]               # (n, 6)
+    return np.where((fold_of >= 0)[:, None], own, mean).astype(np.float32)

@@ -211,3 +211,67 @@ def test_a_corpus_with_fewer_modalities_runs_every_stage_with_the_default_config
     assert [row["name"] for row in predicted] == pool
     assert summary.fallbacks["class_prior"] == 0
     shutil.rmtree(run)
+
+
+def test_distill_refuses_in_sample_agent_scores_naming_the_agent_and_the_fix(tmp_path: Path):
+    from student.distill import check_out_of_fold
+
+    store = AgentStore(tmp_path / "agents")
+    store.write_meta("qwen", {"kind": "llm", "adapter": "runs/a/teacher/adapter", "labelled_scores": "in_sample"})
+    store.write_meta("old", {"kind": "features"})
+    store.write_meta("audio", {"kind": "features", "folds": 5, "fold_seed": 0, "labelled_scores": "out_of_fold"})
+    store.write_meta("zero", {"kind": "llm", "labelled_scores": "zero_shot"})
+    check_out_of_fold(store, ["audio", "zero"], 5, 0)
+    with pytest.raises(ValueError, match=r"agent 'qwen' scored the labelled clips with a model trained on them "
+                                         r"\(in-sample\); train one adapter per fold \(`teacher-train --folds K --run "
+                                         r"RUN`\).*agent 'old' was stored without a record"):
+        check_out_of_fold(store, ["qwen", "old", "audio"], 5, 0)
+    with pytest.raises(ValueError, match="agent 'audio' was fitted on folds=5, seed=0; the run has folds=4"):
+        check_out_of_fold(store, ["audio"], 4, 0)
+
+
+def test_teacher_train_folds_then_label_out_of_fold_with_the_fold_adapters(tiny_dirs, write_clip, tmp_path: Path):
+    """`teacher-train --folds 2` trains one adapter per fold of the run's assignment; teacher-label scores each
+    labelled clip with the adapter that never saw it and the pool with every fold's adapter."""
+    from teacher.agents import build_agent
+    from teacher.finetune import LoraSettings, TeacherTrainConfig, teacher_train
+    from teacher.llm_options import LLMAgentOptions
+    from teacher.spec import AgentSpec
+
+    data, run, out = tmp_path / "data", tmp_path / "run", tmp_path / "teacher"
+    (data / "media").mkdir(parents=True)
+    labels = {"v0": "happy", "v1": "sad", "v2": "happy", "v3": "sad"}
+    for i in range(6):
+        write_clip(data / "media" / f"v{i}.mp4", seconds=1.0, tone_hz=200 + 150 * i, seed=i)
+    (data / "labels.csv").write_text("name,discrete\n" + "".join(f"{n},{lb}\n" for n, lb in labels.items()))
+    teacher = LLMAgentOptions(model=str(tiny_dirs["qwen2_audio"]), family="qwen2_audio", view="audio", device="cpu")
+    report = teacher_train(TeacherTrainConfig(data=data, out=out, teacher=teacher, lora=LoraSettings(r=4, alpha=8),
+                                              epochs=1, batch_size=2, grad_accum=1, merge=False, run=run, folds=2,
+                                              progress=False))
+    assert report.held_clips == 4 and json.loads((out / "folds.json").read_text()) == {"folds": 2, "seed": 0}
+    folds = read_folds(run)
+    options = {"model": str(tiny_dirs["qwen2_audio"]), "family": "qwen2_audio", "view": "audio", "device": "cpu"}
+    spec = AgentSpec(name="qwen", kind="llm", options=options, fold_adapters=str(out))
+    teacher_label(TeacherLabelConfig(data=data, run=run, folds=2, agents=[spec], progress=False,
+                                     features=FeatureSettings(extractors=("egemaps",))))
+    store = AgentStore(RunPaths(run).agents)
+    assert store.read_meta("qwen")["labelled_scores"] == "out_of_fold"
+    names, fold_probs = store.read_folds("qwen")
+    _, probs = store.read("qwen")
+    for k in range(2):
+        adapter = str(out / f"fold_{k}" / "adapter")
+        direct = build_agent(AgentSpec(name="q", kind="llm", options={**options, "adapter": adapter}),
+                             _llm_context(data))
+        np.testing.assert_allclose(fold_probs[:, k], direct.score(names), atol=1e-5)
+    for i, name in enumerate(names):
+        fold = folds.of([name])[0]
+        expected = fold_probs[i, fold] if fold >= 0 else fold_probs[i].mean(axis=0)
+        np.testing.assert_allclose(probs[i], expected, atol=1e-6)
+
+
+def _llm_context(data: Path):
+    from clips.dataset import load_corpus
+    from teacher.spec import AgentContext
+
+    corpus = load_corpus(data)
+    return AgentContext(features=None, labels={}, clips={r.name: r for r in corpus.all()})
