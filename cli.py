@@ -116,6 +116,8 @@ def teacher_label_cmd(config_path, data, run, unlabelled_dir, workers, batch_siz
     report = teacher_label(_build(TeacherLabelConfig, config_path, overrides))
     for agent in report.scored:
         click.echo(f"{agent}: {report.scored[agent]} clips scored, {report.skipped[agent]} already stored")
+    for agent, why in report.no_evidence.items():
+        click.echo(f"{agent}: skipped, no labelled evidence ({why})")
 
 
 @main.command("distill", epilog="Example: python cli.py distill --data mer2024-dataset --run runs/a --report "
@@ -126,34 +128,42 @@ def teacher_label_cmd(config_path, data, run, unlabelled_dir, workers, batch_siz
 @UNLABELLED
 @WORKERS
 @click.option("--no-pseudo", is_flag=True, help="Train on the labelled clips only.")
-@click.option("--threshold", type=float, help="Confidence threshold of the consistency filter.")
+@click.option("--threshold", type=float, help="Filter threshold: fixed: the confidence bar; flexmatch: tau; "
+              "freematch and class_topk: a floor on the combined confidence.")
 @click.option("--target-precision", type=float,
               help="Choose per-class thresholds reaching this precision on the held-out labelled clips.")
 @click.option("--epochs", type=int, help="Student training epochs.")
 @click.option("--out", type=click.Path(path_type=Path), help="Where the student is saved (default run/student).")
 @click.option("--report", is_flag=True, default=None,
               help="Also train the ablation students; writes ablation.md and ablation.json beside the student.")
+@click.option("--seeds", type=int, help="Students per ablation row (mean +- sd over seeds).")
 @click.option("--hidden-labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="name,discrete CSV of the pool's hidden labels: scores every student on them.")
 @QUIET
 def distill_cmd(config_path, data, run, unlabelled_dir, workers, no_pseudo, threshold, target_precision, epochs, out,
-                report, hidden_labels, quiet) -> None:
+                report, seeds, hidden_labels, quiet) -> None:
     """Train the fusion student on labelled + pseudo-labelled clips; prints its 5-fold WAF."""
     from clips.scoring import format_scores
     from student.distill import DistillConfig, ablation_markdown, distill
 
     overrides = {**_common(data, run, unlabelled_dir, workers, quiet), "use_pseudo": False if no_pseudo else None,
                  "filter": {"threshold": threshold, "target_precision": target_precision},
-                 "student": {"epochs": epochs}, "out": out, "report": report, "hidden_labels": hidden_labels}
+                 "student": {"epochs": epochs}, "out": out, "report": report, "seeds": seeds,
+                 "hidden_labels": hidden_labels}
     result = distill(_build(DistillConfig, config_path, overrides))
     if result.thresholds is not None:
-        click.echo("per-class thresholds chosen for the target precision: "
+        click.echo("per-class thresholds the filter applied on the pool (median over folds): "
                    + ", ".join(f"{k} {v:.3f}" for k, v in result.thresholds.items()))
     if result.filter_point is not None:
         point = result.filter_point
-        click.echo(f"filter on held-out labelled clips: precision {point.precision:.3f}, coverage "
-                   f"{point.coverage:.3f}")
-    click.echo(f"pseudo-labels kept per class: {result.kept}")
+        click.echo(f"filter on held-out labelled clips (cross-fitted): precision {point.precision:.3f} "
+                   f"[95% CI {point.precision_low:.3f}, {point.precision_high:.3f}], coverage {point.coverage:.3f}")
+        click.echo("  per class kept / precision [95% CI]: " + "; ".join(
+            f"{label} {c['kept']} / {c['precision']:.2f} [{c['precision_low']:.2f}, {c['precision_high']:.2f}]"
+            for label, c in point.per_class.items()))
+    click.echo(f"pseudo-labels kept per class (mean over folds): {result.kept}")
+    if result.why_none:
+        click.echo(f"no pseudo-label kept: {result.why_none}")
     click.echo(format_scores(result.scores))
     if result.hidden is not None:
         click.echo(f"hidden-label WAF: {result.hidden.waf:.4f}")
@@ -230,13 +240,17 @@ def demo_cmd(config_path, out, labelled, unlabelled, quiet) -> None:
 @click.option("--view", help="What the teacher sees: audio, frames, face, audio+video or text.")
 @click.option("--epochs", type=int, help="Training epochs.")
 @click.option("--qlora", is_flag=True, default=None, help="Load the base in 4-bit (QLoRA; CUDA).")
+@click.option("--run", type=click.Path(path_type=Path), help="Run folder whose fold assignment --folds follows.")
+@click.option("--folds", type=int, help="One adapter per fold of the run's assignment (out/fold_K/).")
 @QUIET
-def teacher_train_cmd(config_path, data, unlabelled_dir, out, model, family, view, epochs, qlora, quiet) -> None:
+def teacher_train_cmd(config_path, data, unlabelled_dir, out, model, family, view, epochs, qlora, run, folds,
+                      quiet) -> None:
     """LoRA-fine-tune an LLM teacher on the labelled clips; prints its held-out WAF."""
     from teacher.finetune import TeacherTrainConfig, teacher_train
 
     overrides = {"data": data, "unlabelled_dir": unlabelled_dir, "out": out, "epochs": epochs, "qlora": qlora,
-                 "teacher": {"model": model, "family": family, "view": view}, "progress": False if quiet else None}
+                 "run": run, "folds": folds, "teacher": {"model": model, "family": family, "view": view},
+                 "progress": False if quiet else None}
     report = teacher_train(_build(TeacherTrainConfig, config_path, overrides))
     waf = "n/a" if report.waf is None else f"{report.waf:.4f}"
     click.echo(f"held-out WAF {waf} on {report.held_clips} clips; trained on {report.train_clips}")

@@ -90,7 +90,7 @@ def store(root: Path, labelled: int, pool: int, batch: int = 1024, seed: int = 0
     seconds = {}
     started = time.perf_counter()
     for agent in AGENTS:
-        agents.write_meta(agent, {"kind": "synthetic"})
+        agents.write_meta(agent, {"kind": "synthetic", "labelled_scores": "zero_shot"})  # random: saw no label
         for begin in range(0, len(names), batch):
             chunk = names[begin : begin + batch]
             agents.append(agent, chunk, rng.dirichlet(np.full(NUM_LABELS, 0.3), len(chunk)).astype(np.float32))

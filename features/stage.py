@@ -72,6 +72,11 @@ class RunConfig:
     unlabelled_dir: str | None = None
     # extractors and their options; the stages of one run must use the same
     features: FeatureSettings = field(default_factory=FeatureSettings)
+    # stratified CV folds over the labelled clips, written once to run/folds.csv and read by every stage that fits
+    # on labels (feature agents, calibration, filter measurement, the student); a change needs a new run
+    folds: int = 5
+    # seed of that fold assignment
+    fold_seed: int = 0
     # show progress bars
     progress: bool = True
 

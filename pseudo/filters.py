@@ -147,12 +147,41 @@ def flexmatch_thresholds(combined: np.ndarray, tau: float) -> np.ndarray:
     Takes probabilities (clips, 6). The learning effect sigma_c counts clips predicted c above `tau`;
     beta_c = sigma_c / max_c' sigma_c'; tau_c = M(beta_c) * tau with the convex mapping M(x) = x / (2 - x), so a
     class that is rarely confident gets a lower bar. FlexMatch's warm-up variant also divides by the unused
-    clips; offline, with most clips below tau, that sends every threshold to 0, so it is left out.
+    clips; offline, with most clips below tau, that sends every threshold to 0, so it is left out. Offline there
+    is no curriculum to lift a bar again, so a class never goes below tau / 2: at M(0) = 0 every clip predicted
+    as a class no clip is confident of would be kept.
     """
     label, confidence = combined.argmax(axis=1), combined.max(axis=1)
     sigma = np.bincount(label[confidence > tau], minlength=NUM_LABELS).astype(np.float64)
     beta = sigma / max(sigma.max(), 1.0)
-    return (beta / (2.0 - beta) * tau).astype(np.float32)
+    return np.maximum(beta / (2.0 - beta) * tau, tau / 2).astype(np.float32)
+
+
+def applied_thresholds(combined: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """(6,) the per-class confidence thresholds that `kept` (clips,) amounts to on `combined` (clips, 6): each
+    class's lowest kept confidence, above 1 (nothing passes) for a class with no kept clip.
+
+    A rule with quotas or caps (class_topk, max_ratio) keeps the most confident clips of each class, so on another
+    set of clips (the held-out labelled ones) the same rule is exactly these thresholds.
+    """
+    label, confidence = combined.argmax(axis=1), combined.max(axis=1)
+    out = np.full(NUM_LABELS, np.inf, dtype=np.float64)
+    for c in range(NUM_LABELS):
+        mine = kept & (label == c)
+        if mine.any():
+            out[c] = confidence[mine].min()
+    return out
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95% for z = 1.96) of a binomial proportion; (nan, nan) without trials."""
+    if trials == 0:
+        return float("nan"), float("nan")
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
 def class_topk_caps(prior: np.ndarray, clips: int, fraction: float) -> np.ndarray:

@@ -1,16 +1,19 @@
-"""Precision against coverage of the pseudo-label filters, measured on the labelled clips as if unlabelled.
+"""Cross-fitted pseudo-labelling: per fold of the run's assignment, the filter that makes student fold k's
+pseudo-labels, and the same filter measured on fold k's labelled clips held out as if unlabelled.
 
 Usage:
-    held = hold_out_agents(store.matrix(agents, labelled), y)       # cross-fitted calibration, agent WAFs
-    point = measure(held, cfg, counts)                              # kept, coverage, precision, per class
-    curves = sweep_families(held, cfg, counts)                      # one curve per threshold rule
-    plot_precision_coverage(curves, run / "pseudo" / "precision-coverage.png", marks={"chosen": point})
-    thresholds = target_thresholds(held, cfg, 0.95)                 # (6,) per-class thresholds for the pool
+    calibrations = fold_calibrations(labelled_probs, y, fold_of)     # temperatures and agent WAFs per fold
+    fit = cross_fit(labelled_probs, y, fold_of, pool_fold_probs, pool_names, FilterConfig(), calibrations)
+    fit.pseudo[k]          # PseudoLabels that student fold k trains on
+    fit.point              # precision, coverage, per-class kept and Wilson intervals on the held-out clips
+    curves = sweep_families(labelled_probs, y, fold_of, pool_fold_probs, pool_names, cfg, calibrations)
 
-The feature agents store out-of-fold probabilities for the labelled clips, so those clips behave like unlabelled
-ones with known truth. Calibration is cross-fitted: the temperatures applied to a labelled clip were fitted on
-the other folds, so no measured precision saw its own label. The per-class thresholds of `target_thresholds` are
-chosen on these same clips: their held-out precision is in-sample for that choice (it is reported as such).
+For fold k everything is fitted on the labelled clips of the other folds: the temperatures, the agents' WAF
+weights and any target-precision thresholds. The pool is scored by the agents' fold-k models (which never saw fold
+k's labels), the filter's rule (quota, caps, adaptive thresholds) runs on the pool, and the per-class confidence
+thresholds it amounts to there (pseudo.filters.applied_thresholds) are applied, behind the same agreement gate, to
+fold k's labelled clips. So the measured filter is the applied filter, and no measured clip's label took part in
+choosing it. `labelled_probs` must be out of fold (each clip scored by a model that never saw its label).
 """
 
 from __future__ import annotations
@@ -21,13 +24,9 @@ import numpy as np
 
 from clips.labels import LABELS, NUM_LABELS
 from clips.scoring import score
-from pseudo.calibration import (
-    cross_fit_calibration,
-    expected_calibration_error,
-    fit_temperatures,
-)
-from pseudo.filters import evidence_mask
-from pseudo.select import FilterConfig, combine_agents, gate_mask, keep_mask
+from pseudo.calibration import apply_temperatures, expected_calibration_error, fit_temperatures
+from pseudo.filters import applied_thresholds, confidence_mask, evidence_mask, wilson_interval
+from pseudo.select import FilterConfig, PseudoLabels, combine_agents, gate_mask, select_pseudo_labels
 
 # the sweep of each threshold rule's parameter that draws its precision-coverage curve
 SWEEPS: dict[str, tuple[str, list[float]]] = {
@@ -39,22 +38,13 @@ SWEEPS: dict[str, tuple[str, list[float]]] = {
 
 
 @dataclass
-class HeldOut:
-    """The labelled clips' agent probabilities, ready to be filtered as if unlabelled."""
+class Calibration:
+    """What one fold's filter learns from the labelled clips of the other folds."""
 
-    # (agents, clips, 6) out-of-fold probabilities as stored
-    probs: np.ndarray
-    # (agents, clips, 6) the same, temperature-scaled with temperatures fitted on the other folds
-    calibrated: np.ndarray
-    # (clips,) true label indices
-    labels: np.ndarray
-    # (agents,) temperatures fitted on all labelled clips: those applied to the pool
+    # (agents,) temperatures
     temperatures: np.ndarray
-    # (agents,) each agent's out-of-fold WAF on the labelled clips it has evidence for
+    # (agents,) each agent's WAF on those clips (where it has evidence)
     agent_scores: np.ndarray
-    # (agents,) ECE (15 bins) before calibration and after the cross-fitted calibration
-    ece_before: np.ndarray
-    ece_after: np.ndarray
 
 
 @dataclass
@@ -66,67 +56,152 @@ class FilterPoint:
     coverage: float
     # correct / kept (nan when nothing is kept)
     precision: float
-    # per label: kept (by pseudo-label), precision (among those), coverage (kept of the class's true clips)
+    # per label: kept (by pseudo-label), precision (among those) with its 95% Wilson interval (precision_low,
+    # precision_high), coverage (kept of the class's true clips)
     per_class: dict[str, dict[str, float]]
+    # 95% Wilson interval of `precision`
+    precision_low: float = float("nan")
+    precision_high: float = float("nan")
 
 
-def hold_out_agents(probs: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> HeldOut:
-    """Cross-fitted calibration, temperatures and scores of the agents from the labelled clips' probabilities.
+@dataclass
+class CrossFit:
+    """One filter, cross-fitted over the run's folds."""
 
-    `probs` (agents, clips, 6) are the agents' out-of-fold probabilities of the labelled clips, `labels` (clips,).
-    Raises ValueError when there are fewer labelled clips than folds.
+    # pseudo[k]: the pool clips student fold k trains on
+    pseudo: list[PseudoLabels]
+    # the same filter on the labelled clips, each fold's clips held out
+    point: FilterPoint
+    # per fold: the per-class thresholds the filter amounted to on the pool
+    thresholds: list[np.ndarray]
+
+
+def fold_calibrations(labelled_probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarray) -> list[Calibration]:
+    """Per fold k, temperatures and agent WAFs fitted on the labelled clips outside fold k.
+
+    `labelled_probs` (agents, clips, 6) out-of-fold probabilities, `labels` (clips,), `fold_of` (clips,).
     """
-    calibrated = cross_fit_calibration(probs, labels, folds, seed)
-    has = evidence_mask(probs)                                       # (agents, clips)
-    scores = np.array([score(labels[h], p[h].argmax(axis=1)).waf if h.any() else 0.0
-                       for p, h in zip(probs, has, strict=True)], dtype=np.float32)
-    return HeldOut(
-        probs=probs, calibrated=calibrated, labels=labels, temperatures=fit_temperatures(probs, labels),
-        agent_scores=scores,
-        ece_before=np.array([expected_calibration_error(p, labels) for p in probs], dtype=np.float32),
-        ece_after=np.array([expected_calibration_error(p, labels) for p in calibrated], dtype=np.float32),
-    )
+    out = []
+    for k in range(int(fold_of.max()) + 1):
+        train = fold_of != k
+        probs, y = labelled_probs[:, train], labels[train]
+        has = evidence_mask(probs)                                   # (agents, clips)
+        scores = np.array([score(y[h], p[h].argmax(axis=1)).waf if h.any() else 0.0
+                           for p, h in zip(probs, has, strict=True)], dtype=np.float32)
+        out.append(Calibration(temperatures=fit_temperatures(probs, y), agent_scores=scores))
+    return out
 
 
-def held_out_combined(held: HeldOut, cfg: FilterConfig) -> np.ndarray:
-    """(clips, 6) the held-out clips' combination under `cfg` (cross-fitted calibration when cfg.calibrate)."""
-    probs = held.calibrated if cfg.calibrate else held.probs
-    # the cross-fitted probabilities are already calibrated: no second scaling
-    return combine_agents(probs, cfg, None, held.agent_scores)
+def calibrated_held_out(labelled_probs: np.ndarray, fold_of: np.ndarray, calibrations: list[Calibration]) -> np.ndarray:
+    """(agents, clips, 6) each fold's labelled clips scaled by the temperatures fitted on the other folds."""
+    out = np.full_like(labelled_probs, np.nan, dtype=np.float32)
+    for k, cal in enumerate(calibrations):
+        out[:, fold_of == k] = apply_temperatures(labelled_probs[:, fold_of == k], cal.temperatures)
+    return out
+
+
+def target_thresholds(probs: np.ndarray, labels: np.ndarray, cfg: FilterConfig, cal: Calibration,
+                      target: float) -> np.ndarray:
+    """(6,) per class, the lowest confidence threshold at which the clips of `probs` (agents, clips, 6) that pass
+    cfg's agreement gate and are pseudo-labelled with that class reach `target` precision against `labels`; 1.0 for
+    a class that never does. Fitted on the training folds' clips by cross_fit, so never measured on them."""
+    combined = combine_agents(probs, cfg, cal.temperatures, cal.agent_scores)   # (clips, 6)
+    gate = gate_mask(probs, combined, cfg)
+    label, confidence = combined.argmax(axis=1), combined.max(axis=1)
+    thresholds = np.ones(NUM_LABELS, dtype=np.float32)
+    for c in range(NUM_LABELS):
+        idx = np.flatnonzero(gate & (label == c))
+        order = idx[np.argsort(-confidence[idx], kind="stable")]
+        # precision of keeping the k most confident, k = 1..n; the lowest bar whose precision reaches the target
+        precision = np.cumsum(labels[order] == c) / np.arange(1, len(order) + 1)
+        reach = np.flatnonzero(precision >= target)
+        if len(reach):
+            thresholds[c] = confidence[order[reach[-1]]]
+    return thresholds
 
 
 def precision_coverage(kept: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> FilterPoint:
-    """Precision and coverage of the pseudo-labels `predicted` (clips,) kept where `kept` (clips,), overall and
-    per class, against `truth` (clips,)."""
+    """Precision (with 95% Wilson intervals) and coverage of the pseudo-labels `predicted` (clips,) kept where
+    `kept` (clips,), overall and per class, against `truth` (clips,)."""
     correct = kept & (predicted == truth)
     per_class = {}
     for c, label in enumerate(LABELS):
         mine = kept & (predicted == c)
+        low, high = wilson_interval(int(correct[mine].sum()), int(mine.sum()))
         per_class[label] = {
             "kept": int(mine.sum()),
             "precision": float(correct[mine].mean()) if mine.any() else float("nan"),
+            "precision_low": low, "precision_high": high,
             "coverage": float(kept[truth == c].mean()) if (truth == c).any() else float("nan"),
         }
-    return FilterPoint(kept=int(kept.sum()), coverage=float(kept.mean()),
-                       precision=float(correct[kept].mean()) if kept.any() else float("nan"), per_class=per_class)
+    low, high = wilson_interval(int(correct.sum()), int(kept.sum()))
+    return FilterPoint(kept=int(kept.sum()), coverage=float(kept.mean()) if len(kept) else 0.0,
+                       precision=float(correct[kept].mean()) if kept.any() else float("nan"), per_class=per_class,
+                       precision_low=low, precision_high=high)
 
 
-def measure(held: HeldOut, cfg: FilterConfig, labelled_counts: np.ndarray,
-            thresholds: np.ndarray | None = None) -> FilterPoint:
-    """The filter `cfg` (with per-class `thresholds` if given) applied to the held-out labelled clips."""
-    combined = held_out_combined(held, cfg)
-    kept = keep_mask(held.calibrated if cfg.calibrate else held.probs, combined, cfg, labelled_counts, thresholds)
-    return precision_coverage(kept, combined.argmax(axis=1), held.labels)
+def cross_fit(labelled_probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, pool_probs: np.ndarray,
+              pool_names: list[str], cfg: FilterConfig, calibrations: list[Calibration]) -> CrossFit:
+    """The filter `cfg` per fold: pool pseudo-labels for each student fold and the held-out measurement.
+
+    `labelled_probs` (agents, clips, 6) out of fold, `labels` (clips,), `fold_of` (clips,), `pool_probs`
+    (agents, pool, K, 6) the agents' fold-model probabilities of the pool, `calibrations` from fold_calibrations.
+    """
+    kept = np.zeros(len(labels), dtype=bool)
+    predicted = np.zeros(len(labels), dtype=np.int64)
+    pseudo, thresholds = [], []
+    for k, cal in enumerate(calibrations):
+        train, held = fold_of != k, fold_of == k
+        # the labelled prior of the training folds, at the size of the whole labelled set
+        counts = np.bincount(labels[train], minlength=NUM_LABELS) * len(labels) / max(int(train.sum()), 1)
+        targets = (None if cfg.target_precision is None
+                   else target_thresholds(labelled_probs[:, train], labels[train], cfg, cal, cfg.target_precision))
+        chosen = select_pseudo_labels(pool_probs[:, :, k], pool_names, cfg, counts, cal.temperatures,
+                                      cal.agent_scores, targets)
+        pool_combined = combine_agents(pool_probs[:, :, k], cfg, cal.temperatures, cal.agent_scores)
+        on_pool = np.zeros(len(pool_names), dtype=bool)
+        on_pool[chosen.index] = True
+        applied = applied_thresholds(pool_combined, on_pool)         # (6,)
+        # the same filter on fold k's labelled clips: same calibration, same gate, the thresholds it applied
+        held_probs = labelled_probs[:, held]
+        combined = combine_agents(held_probs, cfg, cal.temperatures, cal.agent_scores)
+        kept[held] = gate_mask(held_probs, combined, cfg) & confidence_mask(combined, applied)
+        predicted[held] = combined.argmax(axis=1)
+        pseudo.append(chosen)
+        thresholds.append(applied)
+    return CrossFit(pseudo=pseudo, point=precision_coverage(kept, predicted, labels), thresholds=thresholds)
 
 
-def sweep_families(held: HeldOut, cfg: FilterConfig, labelled_counts: np.ndarray,
+def sweep_families(labelled_probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, pool_probs: np.ndarray,
+                   pool_names: list[str], cfg: FilterConfig, calibrations: list[Calibration],
                    ) -> dict[str, list[tuple[float, FilterPoint]]]:
-    """Per threshold rule, (parameter, point) along its SWEEPS grid, with `cfg`'s other settings."""
+    """Per threshold rule, (parameter, cross-fitted held-out point) along its SWEEPS grid, with cfg's other
+    settings (no target precision: each rule as it is)."""
     curves = {}
     for family, (field_name, grid) in SWEEPS.items():
-        curves[family] = [(value, measure(held, replace(cfg, mask=family, **{field_name: value}), labelled_counts))
-                          for value in grid]
+        curves[family] = [
+            (value, cross_fit(labelled_probs, labels, fold_of, pool_probs, pool_names,
+                              replace(cfg, mask=family, target_precision=None, **{field_name: value}),
+                              calibrations).point)
+            for value in grid]
     return curves
+
+
+def calibration_summary(labelled_probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarray,
+                        calibrations: list[Calibration], agents: list[str]) -> dict[str, dict[str, float]]:
+    """Per agent: mean temperature over the folds, out-of-fold WAF, ECE before and after cross-fitted calibration."""
+    calibrated = calibrated_held_out(labelled_probs, fold_of, calibrations)
+    has = evidence_mask(labelled_probs)
+    out = {}
+    for a, agent in enumerate(agents):
+        h = has[a]
+        out[agent] = {
+            "temperature": float(np.mean([c.temperatures[a] for c in calibrations])),
+            "oof_waf": float(score(labels[h], labelled_probs[a, h].argmax(axis=1)).waf) if h.any() else 0.0,
+            "ece_before": expected_calibration_error(labelled_probs[a], labels),
+            "ece_after_cross_fitted": expected_calibration_error(calibrated[a], labels),
+        }
+    return out
 
 
 def precision_at_coverage(curve: list[tuple[float, FilterPoint]], coverage: float) -> float:
@@ -136,43 +211,6 @@ def precision_at_coverage(curve: list[tuple[float, FilterPoint]], coverage: floa
         return float("nan")
     xs, ys = zip(*points, strict=True)
     return float(np.interp(coverage, xs, ys))
-
-
-def target_thresholds(held: HeldOut, cfg: FilterConfig, target: float) -> np.ndarray:
-    """(6,) per class, the lowest confidence threshold at which the held-out clips that pass `cfg`'s agreement
-    gate and are pseudo-labelled with that class reach `target` precision; 1.0 (keep almost nothing) for a
-    class that never does. Chosen on the labelled clips: their precision at these thresholds is in-sample."""
-    combined = held_out_combined(held, cfg)                          # (clips, 6)
-    gate = gate_mask(held.calibrated if cfg.calibrate else held.probs, combined, cfg)
-    label, confidence = combined.argmax(axis=1), combined.max(axis=1)
-    thresholds = np.ones(NUM_LABELS, dtype=np.float32)
-    for c in range(NUM_LABELS):
-        idx = np.flatnonzero(gate & (label == c))
-        order = idx[np.argsort(-confidence[idx], kind="stable")]
-        # precision of keeping the k most confident, k = 1..n; the lowest bar whose precision reaches the target
-        precision = np.cumsum(held.labels[order] == c) / np.arange(1, len(order) + 1)
-        reach = np.flatnonzero(precision >= target)
-        if len(reach):
-            thresholds[c] = confidence[order[reach[-1]]]
-    return thresholds
-
-
-def cross_fit_target_point(held: HeldOut, cfg: FilterConfig, labelled_counts: np.ndarray, target: float,
-                           folds: int = 5, seed: int = 0) -> FilterPoint:
-    """The target-precision filter measured out of sample: each fold's thresholds are chosen on the other folds."""
-    from pseudo.calibration import fold_ids
-
-    combined = held_out_combined(held, cfg)
-    probs = held.calibrated if cfg.calibrate else held.probs
-    ids = fold_ids(len(held.labels), folds, seed + 1)
-    kept = np.zeros(len(held.labels), dtype=bool)
-    for fold in range(folds):
-        others = replace(held, calibrated=held.calibrated[:, ids != fold], probs=held.probs[:, ids != fold],
-                         labels=held.labels[ids != fold])
-        thresholds = target_thresholds(others, cfg, target)
-        kept[ids == fold] = keep_mask(probs[:, ids == fold], combined[ids == fold], cfg, labelled_counts,
-                                      thresholds)
-    return precision_coverage(kept, combined.argmax(axis=1), held.labels)
 
 
 def plot_precision_coverage(curves: dict[str, list[tuple[float, FilterPoint]]], path, title: str = "",
@@ -196,7 +234,7 @@ def plot_precision_coverage(curves: dict[str, list[tuple[float, FilterPoint]]], 
         ax.scatter([point.coverage], [point.precision], marker="*", s=160, zorder=5, label=name)
     ax.set_xlabel("coverage (kept / held-out labelled clips)")
     ax.set_ylabel("precision of kept pseudo-labels")
-    ax.set_title(title or "pseudo-label filters on held-out labelled clips")
+    ax.set_title(title or "pseudo-label filters on held-out labelled clips (cross-fitted)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -3,7 +3,7 @@
 Usage:
     pseudo = select_pseudo_labels(probs, names, FilterConfig(), labelled_counts=counts,
                                   temperatures=calibration.temperatures, agent_scores=calibration.agent_scores)
-    write_pseudo_labels(pseudo, agents, probs_kept, run / "pseudo" / "pseudo-labels.csv")
+    write_pseudo_labels([pseudo_fold_0, ...], agents, fold_probs, run / "pseudo" / "pseudo-labels.csv")
 
 The steps, each a pure function of pseudo.filters or pseudo.calibration: calibrate each agent (temperatures fitted
 on the labelled clips' out-of-fold probabilities), combine the agents, gate on agreement, mask by a threshold rule,
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 COMBINERS = {"mean": combine_mean, "product": combine_product}
 WEIGHTED_COMBINERS = {"mean": combine_weighted_mean, "product": combine_weighted_product}
 MASKS = ("fixed", "freematch", "flexmatch", "class_topk")
+# the confidence threshold of "fixed" and tau of "flexmatch" when FilterConfig.threshold is None
+DEFAULT_THRESHOLD = 0.8
 
 
 @dataclass
@@ -62,13 +64,15 @@ class FilterConfig:
     agree_top_k: int = 2
     # agreement of "all" agents with evidence, or a strict "majority"
     agree_rule: Literal["all", "majority"] = "majority"
-    # minimum agents with evidence for a clip to be considered
+    # minimum agents with evidence for a clip to be considered (lowered to the number of agents when fewer are
+    # given: the agreement of one agent is trivial)
     min_agents: int = 2
     # threshold rule on the combined probability: "fixed" (FixMatch), "freematch" or "flexmatch" (per-class
     # adaptive), or "class_topk" (the most confident clips of each class, a quota from the labelled prior)
     mask: Literal["fixed", "freematch", "flexmatch", "class_topk"] = "class_topk"
-    # confidence threshold of the "fixed" rule, and tau of the "flexmatch" rule
-    threshold: float = 0.8
+    # confidence threshold of the "fixed" rule (None: 0.8), tau of the "flexmatch" rule (None: 0.8), and a floor
+    # on the combined confidence under "freematch" and "class_topk" (None: no floor)
+    threshold: float | None = None
     # per-class thresholds overriding `threshold` in the "fixed" rule, e.g. {"surprise": 0.7}
     class_thresholds: dict[str, float] = field(default_factory=dict)
     # multiplies FreeMatch's self-adaptive global threshold (1.0: FreeMatch as published)
@@ -109,7 +113,10 @@ class FilterConfig:
         bad = [k for k in self.class_thresholds if k not in LABELS]
         if bad:
             problems.append(f"class_thresholds: unknown label(s) {bad}; use {', '.join(LABELS)}")
-        for name, value in {"threshold": self.threshold, **self.class_thresholds}.items():
+        if self.min_agents < 1:
+            problems.append(f"min_agents={self.min_agents}; use 1 or more")
+        given = {"threshold": self.threshold} if self.threshold is not None else {}
+        for name, value in {**given, **self.class_thresholds}.items():
             if not 0.0 <= value <= 1.0:
                 problems.append(f"threshold for {name} is {value}; use a probability in [0, 1]")
         if self.max_ratio is not None and self.max_ratio <= 0:
@@ -160,19 +167,27 @@ def combine_agents(
 
 
 def rule_thresholds(combined: np.ndarray, cfg: FilterConfig) -> np.ndarray | None:
-    """(6,) per-class thresholds of `cfg.mask` on `combined` probabilities; None for "class_topk" (no threshold)."""
+    """(6,) per-class thresholds of `cfg.mask` on `combined` probabilities (with cfg.threshold as a floor under
+    "freematch"); None for "class_topk" (a quota, no threshold)."""
+    tau = DEFAULT_THRESHOLD if cfg.threshold is None else cfg.threshold
     if cfg.mask == "fixed":
-        return class_thresholds(cfg.threshold, cfg.class_thresholds)
-    if cfg.mask == "freematch":
-        return freematch_thresholds(combined, cfg.freematch_scale)
+        return class_thresholds(tau, cfg.class_thresholds)
     if cfg.mask == "flexmatch":
-        return flexmatch_thresholds(combined, cfg.threshold)
+        return flexmatch_thresholds(combined, tau)
+    if cfg.mask == "freematch":
+        thresholds = freematch_thresholds(combined, cfg.freematch_scale)
+        return thresholds if cfg.threshold is None else np.maximum(thresholds, cfg.threshold)
     return None
 
 
+def min_agents(probs: np.ndarray, cfg: FilterConfig) -> int:
+    """cfg.min_agents, lowered to the number of agents in `probs` (agents, clips, 6) when fewer are given."""
+    return max(1, min(cfg.min_agents, len(probs)))
+
+
 def gate_mask(probs: np.ndarray, combined: np.ndarray, cfg: FilterConfig) -> np.ndarray:
-    """(clips,) clips with at least `cfg.min_agents` agents that agree with the combined label."""
-    enough = evidence_mask(probs).sum(axis=0) >= cfg.min_agents
+    """(clips,) clips with at least min_agents(probs, cfg) agents with evidence, agreeing with the combined label."""
+    enough = evidence_mask(probs).sum(axis=0) >= min_agents(probs, cfg)
     return enough & agreement_mask(probs, combined.argmax(axis=1), cfg.agree_top_k, cfg.agree_rule)
 
 
@@ -193,6 +208,8 @@ def keep_mask(
         raise ValueError("mask='class_topk' sets its per-class quotas from the labelled class counts; "
                          "pass labelled_counts")
     else:
+        if cfg.threshold is not None:
+            kept &= combined.max(axis=1) >= cfg.threshold
         kept = cap_per_class(combined, kept, class_topk_caps(labelled_counts, len(combined), cfg.topk_fraction))
     if cfg.max_ratio is not None and labelled_counts is not None:
         cap = np.ceil(cfg.max_ratio * np.asarray(labelled_counts, dtype=np.float64))
@@ -217,6 +234,8 @@ def select_pseudo_labels(
     index = np.flatnonzero(kept)
     log.info("pseudo-labels: kept %d of %d clips (%.1f%%)", len(index), len(names),
              100.0 * len(index) / max(len(names), 1))
+    if len(names) and not len(index):
+        log.debug("pseudo-labels: none kept: %s", why_none_kept(probs, combined, cfg))
     confidence = combined[index, label[index]]
     targets = sharpen(combined[index], cfg.sharpen) if cfg.soft else np.eye(NUM_LABELS, dtype=np.float32)[label[index]]
     return PseudoLabels(
@@ -226,19 +245,32 @@ def select_pseudo_labels(
     )
 
 
-def write_pseudo_labels(pseudo: PseudoLabels, agents: list[str], probs: np.ndarray, path: Path) -> None:
-    """CSV of kept clips: label, confidence, weight, targets, and each agent's top label and probability.
+def why_none_kept(probs: np.ndarray, combined: np.ndarray, cfg: FilterConfig) -> str:
+    """Where the clips of `probs` (agents, clips, 6) fall out of the filter, step by step, in one line."""
+    evidence = evidence_mask(probs).sum(axis=0) >= min_agents(probs, cfg)
+    gate = gate_mask(probs, combined, cfg)
+    return (f"{len(probs)} agent(s); {int(evidence.sum())} of {combined.shape[0]} clips have >= "
+            f"{min_agents(probs, cfg)} agent(s) with evidence, {int(gate.sum())} of those agree "
+            f"(agree_rule={cfg.agree_rule}, agree_top_k={cfg.agree_top_k}); top combined confidence among them "
+            f"{float(combined[gate].max(axis=1).max()) if gate.any() else float('nan'):.3f} under mask={cfg.mask}, "
+            f"threshold={cfg.threshold}")
 
-    `probs` is the (agents, clips, 6) array given to select_pseudo_labels.
+
+def write_pseudo_labels(folds: list[PseudoLabels], agents: list[str], probs: np.ndarray, path: Path) -> None:
+    """CSV of the clips each student fold trains on: fold, name, label, confidence, weight, targets, and each agent's
+    top label and probability under that fold's agent models.
+
+    `folds[k]` is fold k's selection and `probs` (agents, clips, K, 6) the fold-model probabilities it came from.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["name", "discrete", "confidence", "weight", *[f"p_{label}" for label in LABELS],
+    writer.writerow(["fold", "name", "discrete", "confidence", "weight", *[f"p_{label}" for label in LABELS],
                      *[f"{a}_label" for a in agents], *[f"{a}_p" for a in agents]])
-    for k, name in enumerate(pseudo.names):
-        evidence = probs[:, pseudo.index[k]]                          # (agents, 6)
-        tops = [LABELS[int(row.argmax())] if not np.isnan(row).any() else "" for row in evidence]
-        top_p = [f"{row.max():.4f}" if not np.isnan(row).any() else "" for row in evidence]
-        writer.writerow([name, LABELS[int(pseudo.labels[k])], f"{pseudo.confidence[k]:.4f}",
-                         f"{pseudo.weights[k]:.4f}", *[f"{v:.4f}" for v in pseudo.targets[k]], *tops, *top_p])
+    for fold, pseudo in enumerate(folds):
+        for k, name in enumerate(pseudo.names):
+            evidence = probs[:, pseudo.index[k], fold]                        # (agents, 6)
+            tops = [LABELS[int(row.argmax())] if not np.isnan(row).any() else "" for row in evidence]
+            top_p = [f"{row.max():.4f}" if not np.isnan(row).any() else "" for row in evidence]
+            writer.writerow([fold, name, LABELS[int(pseudo.labels[k])], f"{pseudo.confidence[k]:.4f}",
+                             f"{pseudo.weights[k]:.4f}", *[f"{v:.4f}" for v in pseudo.targets[k]], *tops, *top_p])
     atomic_write_text(path, buffer.getvalue())

@@ -5,6 +5,8 @@ Usage:
                                               teacher=LLMAgentOptions(model="Qwen/Qwen2-Audio-7B-Instruct",
                                                                       family="qwen2_audio", view="audio")))
     report = train_teacher(cfg, labelled_refs)         # the same on a list of ClipRefs (tests, custom corpora)
+    teacher_train(replace(cfg, run=Path("runs/a"), folds=5))   # one adapter per fold of the run's assignment:
+                                                                # out/fold_K/adapter, labelled clips scored out of fold
 
 Writes `out/adapter` (standard peft: adapter_config.json + adapter_model.safetensors, for the hf backend and for
 vLLM LoRA on Qwen2.5-VL / Omni), `out/merged` (LoRA merged into the base weights + processor files: how Qwen2-Audio,
@@ -18,7 +20,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from tqdm import tqdm
 
 from clips.config import to_dict
 from clips.dataset import ClipRef, load_corpus
+from clips.folds import run_folds
 from clips.labels import LABELS, label_index
 from llm.hf_backend import (
     HFScorer,
@@ -85,11 +88,20 @@ class TeacherTrainConfig:
     # write out/merged (merge_and_unload + processor files)
     merge: bool = True
     seed: int = 0
+    # run folder whose fold assignment (run/folds.csv) `folds` follows
+    run: Path | None = None
+    # train one adapter per fold of the run's assignment (out/fold_K/), each held out on its own fold, so that
+    # teacher-label can score every labelled clip out of fold (AgentSpec.fold_adapters); None: one adapter
+    folds: int | None = None
+    # seed of the run's fold assignment
+    fold_seed: int = 0
     # show progress bars
     progress: bool = True
 
     def __post_init__(self) -> None:
         problems = []
+        if self.folds is not None and self.run is None:
+            problems.append(f"folds={self.folds} needs `run` (--run): the fold assignment is the run's")
         for name in ("epochs", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: use a positive number")
@@ -122,9 +134,28 @@ class TeacherTrainReport:
 
 
 def teacher_train(cfg: TeacherTrainConfig) -> TeacherTrainReport:
-    """Fine-tune the teacher on every labelled clip of `cfg.data`; returns the report (also in out/report.json)."""
+    """Fine-tune the teacher on every labelled clip of `cfg.data`; returns the report (also in out/report.json).
+
+    With cfg.folds, one adapter per fold of the run's assignment (out/fold_K/, out/folds.json); the report's WAF is
+    then the mean of the folds' held-out WAFs.
+    """
     corpus = load_corpus(cfg.data, cfg.unlabelled_dir)
-    return train_teacher(cfg, corpus.labelled)
+    if cfg.folds is None:
+        return train_teacher(cfg, corpus.labelled)
+    assignment = run_folds(cfg.run, {r.name: r.label for r in corpus.labelled}, cfg.folds, cfg.fold_seed)
+    fold_of = assignment.of([r.name for r in corpus.labelled])
+    reports = []
+    for k in range(cfg.folds):
+        train = [r for r, f in zip(corpus.labelled, fold_of, strict=True) if f != k]
+        held = [r for r, f in zip(corpus.labelled, fold_of, strict=True) if f == k]
+        reports.append(train_teacher(replace(cfg, out=Path(cfg.out) / f"fold_{k}", folds=None), train, held))
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.out) / "folds.json").write_text(json.dumps({"folds": cfg.folds, "seed": cfg.fold_seed}), "utf-8")
+    wafs = [r.waf for r in reports if r.waf is not None]
+    return replace(reports[-1], adapter_dir=Path(cfg.out), waf=float(np.mean(wafs)) if wafs else None,
+                   losses=[loss for r in reports for loss in r.losses],
+                   train_clips=sum(r.train_clips for r in reports) // cfg.folds,
+                   held_clips=sum(r.held_clips for r in reports), elapsed=sum(r.elapsed for r in reports))
 
 
 def split_held_out(refs: list[ClipRef], share: float, seed: int) -> tuple[list[ClipRef], list[ClipRef]]:
@@ -171,15 +202,18 @@ def _load_trainable(cfg: TeacherTrainConfig, family):
     return get_peft_model(model, lora), processor
 
 
-def train_teacher(cfg: TeacherTrainConfig, labelled: list[ClipRef]) -> TeacherTrainReport:
+def train_teacher(cfg: TeacherTrainConfig, labelled: list[ClipRef],
+                  held_out_refs: list[ClipRef] | None = None) -> TeacherTrainReport:
     """LoRA-train the teacher on `labelled` clips, report held-out WAF, save adapter (+ merged export).
 
+    `held_out_refs` report the WAF (default: a cfg.held_out share split off `labelled`).
     Raises ValueError when no clip has the view's media.
     """
     start = time.perf_counter()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    train_refs, held_refs = split_held_out(labelled, cfg.held_out, cfg.seed)
+    train_refs, held_refs = split_held_out(labelled, cfg.held_out, cfg.seed) if held_out_refs is None \
+        else (labelled, held_out_refs)
 
     # phase 1: model + LoRA, and the requests (decoded once: a teacher run holds the labelled clips' media)
     family = cfg.teacher.family_record()

@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from clips.folds import FoldAssignment
 from teacher.llm_options import LLMAgentOptions
 
 AGENT_KINDS = ("features", "llm")
@@ -35,12 +36,11 @@ class AgentSpec:
     modality: str | None = None
     # features: inverse L2 strength of the logistic regression
     C: float = 0.5
-    # features: folds for the out-of-fold predictions on labelled clips
-    folds: int = 5
-    # random seed of the fold split
-    seed: int = 0
     # llm: model, family, view, ... (validated by teacher.llm_options.LLMAgentOptions)
     options: dict[str, Any] = field(default_factory=dict)
+    # llm: a folder written by `teacher-train --folds K --run RUN` (fold_K/adapter, folds.json); fold k's adapter
+    # scores fold k's labelled clips (out of fold) and every fold's adapter scores the pool; None: options.adapter
+    fold_adapters: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in AGENT_KINDS:
@@ -48,8 +48,8 @@ class AgentSpec:
         if self.kind == "features" and self.modality is None:
             raise ValueError(f"agent {self.name!r}: a features agent needs `modality` "
                              "(audio, visual, text or all)")
-        if self.folds < 2:
-            raise ValueError(f"agent {self.name!r}: folds={self.folds}; use at least 2")
+        if self.fold_adapters is not None and (self.kind != "llm" or self.options.get("adapter")):
+            raise ValueError(f"agent {self.name!r}: fold_adapters is for an llm agent without options.adapter")
         if self.kind == "llm":
             LLMAgentOptions.from_options(self.options, self.name)
 
@@ -83,3 +83,20 @@ class AgentContext:
     labels: dict[str, str]
     # every clip by name, for agents that read media (llm agents); None when not given
     clips: dict[str, Any] | None = None
+    # the run's fold assignment of the labelled clips (clips.folds; None: a stratified 5-fold one made from `labels`)
+    folds: FoldAssignment | None = None
+
+
+class NoLabelledEvidence(ValueError):
+    """An agent has too few labelled clips with its inputs to be fitted (e.g. a visual agent on audio-only clips)."""
+
+
+def combine_folds(fold_probs: np.ndarray, fold_of: np.ndarray) -> np.ndarray:
+    """(n, 6) from (n, K, 6) fold-model probabilities: row i's own fold model where fold_of[i] >= 0 (a labelled
+    clip, scored out of fold), else the mean over the fold models with evidence (NaN where none has any)."""
+    has = ~np.isnan(fold_probs).any(axis=-1)                                       # (n, K)
+    total = np.where(has[..., None], fold_probs, 0.0).sum(axis=1)                  # (n, 6)
+    count = has.sum(axis=1)[:, None]
+    mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    own = fold_probs[np.arange(len(fold_of)), np.maximum(fold_of, 0)]               # (n, 6)
+    return np.where((fold_of >= 0)[:, None], own, mean).astype(np.float32)

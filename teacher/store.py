@@ -5,10 +5,14 @@ Usage:
     todo = [n for n in names if n not in store.done("audio")]
     store.append("audio", batch_names, batch_probs)          # one atomic shard per batch
     names, probs = store.read("audio")                        # (n,), (n, 6)
+    store.append("audio", batch_names, batch_probs, fold_probs=batch_fold_probs)   # + (n, K, 6) per fold model
+    store.matrix_folds(["audio"], pool_names, folds=5)        # (agents, clips, K, 6)
 
 Each agent has a folder of shards `part-XXXXXXXX.npz` (arrays `names`, `probs`), each written atomically, so a
 kill -9 loses at most the batch in flight and a rerun skips every clip already stored. Rows of NaN mean the agent
-had no evidence for that clip (its modality is missing).
+had no evidence for that clip (its modality is missing). An agent fitted per fold of the run's assignment also
+stores `fold_probs`, each fold model's probabilities; meta.json records (`labelled_scores`) whether its
+labelled clips were scored out of fold.
 """
 
 from __future__ import annotations
@@ -53,6 +57,11 @@ class AgentStore:
             return
         atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True))
 
+    def read_meta(self, agent: str) -> dict | None:
+        """The agent's recorded settings, or None when it has none."""
+        path = self.agent_dir(agent) / "meta.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
     def _shards(self, agent: str) -> list[Path]:
         folder = self.agent_dir(agent)
         if not folder.is_dir():
@@ -78,19 +87,48 @@ class AgentStore:
         probs = np.concatenate(blocks) if blocks else np.zeros((0, NUM_LABELS), np.float32)
         return names, probs
 
+    def read_folds(self, agent: str) -> tuple[list[str], np.ndarray] | None:
+        """All stored (names, fold_probs (n, K, 6)) of `agent`, first occurrence of a name kept; None when its
+        shards hold no per-fold probabilities (an agent fitted without folds, or one that saw no label)."""
+        names: list[str] = []
+        blocks: list[np.ndarray] = []
+        seen: set[str] = set()
+        for shard in self._shards(agent):
+            data = load_npz(shard)
+            if "fold_probs" not in data:
+                return None
+            shard_names = [str(n) for n in data["names"]]
+            keep = [i for i, n in enumerate(shard_names) if n not in seen]
+            seen.update(shard_names[i] for i in keep)
+            names.extend(shard_names[i] for i in keep)
+            blocks.append(data["fold_probs"].astype(np.float32)[keep])
+        if not blocks:
+            return None
+        if len({b.shape[1] for b in blocks}) > 1:
+            raise ValueError(f"{self.agent_dir(agent)}: shards with different fold counts; relabel the agent in a "
+                             "new --run folder")
+        return names, np.concatenate(blocks)
+
     def done(self, agent: str) -> set[str]:
         """Names already stored for `agent`."""
         return set(self.read(agent)[0])
 
-    def append(self, agent: str, names: list[str], probs: np.ndarray) -> Path:
-        """Write one shard for a batch; returns its path."""
+    def append(self, agent: str, names: list[str], probs: np.ndarray, fold_probs: np.ndarray | None = None) -> Path:
+        """Write one shard for a batch (with each fold model's (n, K, 6) `fold_probs` when given); returns its path."""
         probs = np.asarray(probs, dtype=np.float32)
         if probs.shape != (len(names), NUM_LABELS):
             raise ValueError(f"agent {agent!r}: probs of shape {probs.shape} for {len(names)} names")
+        arrays = {"names": np.array(names, dtype=str), "probs": probs}
+        if fold_probs is not None:
+            fold_probs = np.asarray(fold_probs, dtype=np.float32)
+            if fold_probs.ndim != 3 or fold_probs.shape[0] != len(names) or fold_probs.shape[2] != NUM_LABELS:
+                raise ValueError(f"agent {agent!r}: fold_probs of shape {fold_probs.shape} for {len(names)} names; "
+                                 f"give (n, folds, {NUM_LABELS})")
+            arrays["fold_probs"] = fold_probs
         shards = self._shards(agent)
         index = int(_SHARD.match(shards[-1].name).group(1)) + 1 if shards else 0
         path = self.agent_dir(agent) / f"part-{index:08d}.npz"
-        atomic_save_npz(path, names=np.array(names, dtype=str), probs=probs)
+        atomic_save_npz(path, **arrays)
         return path
 
     def matrix(self, agents: list[str], names: list[str]) -> np.ndarray:
@@ -103,4 +141,24 @@ class AgentStore:
             if rows:
                 dst, src = map(list, zip(*rows, strict=True))
                 out[a, dst] = probs[src]
+        return out
+
+    def matrix_folds(self, agents: list[str], names: list[str], folds: int) -> np.ndarray:
+        """(agents, clips, folds, 6) each agent's fold-model probabilities aligned with `names`; an agent stored
+        without per-fold probabilities (one that saw no label) gives its single probabilities to every fold."""
+        out = np.full((len(agents), len(names), folds, NUM_LABELS), np.nan, dtype=np.float32)
+        position = {n: i for i, n in enumerate(names)}
+        for a, agent in enumerate(agents):
+            stored = self.read_folds(agent)
+            if stored is None:
+                out[a] = self.matrix([agent], names)[0][:, None, :]
+                continue
+            stored_names, fold_probs = stored
+            if fold_probs.shape[1] != folds:
+                raise ValueError(f"{self.agent_dir(agent)}: {fold_probs.shape[1]} fold models, the run has {folds} "
+                                 "folds; relabel the agent in a new --run folder")
+            rows = [(position[n], j) for j, n in enumerate(stored_names) if n in position]
+            if rows:
+                dst, src = map(list, zip(*rows, strict=True))
+                out[a, dst] = fold_probs[src]
         return out

@@ -131,8 +131,12 @@ def test_flexmatch_thresholds_by_hand():
 
     combined = np.array([[0.9, 0.1, 0, 0, 0, 0], [0.95, 0.05, 0, 0, 0, 0], [0.1, 0.9, 0, 0, 0, 0],
                          [0.4, 0.6, 0, 0, 0, 0]])
-    # above tau = 0.8: two neutral, one angry -> beta = 1, 0.5, 0...; M(b) = b / (2 - b)
-    np.testing.assert_allclose(flexmatch_thresholds(combined, 0.8), [0.8, 0.8 * 0.5 / 1.5, 0, 0, 0, 0], rtol=1e-6)
+    # above tau = 0.8: two neutral, one angry -> beta = 1, 0.5, 0...; M(b) = b / (2 - b), never below tau / 2
+    np.testing.assert_allclose(flexmatch_thresholds(combined, 0.8), [0.8, 0.4, 0.4, 0.4, 0.4, 0.4], rtol=1e-6)
+    # five confident neutral, four confident angry: beta_angry = 0.8, M = 0.8 / 1.2, above the floor
+    many = np.array([[0.9, 0.1, 0, 0, 0, 0]] * 5 + [[0.1, 0.9, 0, 0, 0, 0]] * 4)
+    np.testing.assert_allclose(flexmatch_thresholds(many, 0.8), [0.8, 0.8 * 0.8 / 1.2, 0.4, 0.4, 0.4, 0.4], rtol=1e-6)
+    assert (flexmatch_thresholds(np.full((5, 6), 1 / 6), 0.9) > 0).all()  # no clip confident: still no 0 bar
 
 
 def test_class_topk_quota_with_cap():
@@ -155,21 +159,128 @@ def test_class_topk_quota_with_cap():
         keep_mask(probs, combined, cfg)
 
 
-def test_target_thresholds_reach_the_precision_on_held_out_clips():
-    from pseudo.measure import hold_out_agents, measure, target_thresholds
+def _toy_agents(n: int = 120, seed: int = 0):
+    """Two agents' probabilities of n labelled clips (70% right, confident when right) and their labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(6), n // 6)
+    agents = []
+    for _ in range(2):
+        noisy = np.where(rng.random(n) < 0.7, labels, rng.integers(0, 6, n))
+        confidence = np.where(noisy == labels, rng.uniform(0.6, 1.0, n), rng.uniform(0.2, 0.7, n))
+        probs = np.full((n, 6), 0.0)
+        probs[np.arange(n), noisy] = confidence
+        probs += (1 - probs.sum(axis=1, keepdims=True)) / 6
+        agents.append(probs)
+    return np.stack(agents).astype(np.float32), labels
 
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(6), 20)
-    noisy = np.where(rng.random(120) < 0.7, labels, rng.integers(0, 6, 120))
-    confidence = np.where(noisy == labels, rng.uniform(0.6, 1.0, 120), rng.uniform(0.2, 0.7, 120))
-    probs = np.full((120, 6), 0.0)
-    probs[np.arange(120), noisy] = confidence
-    probs += (1 - probs.sum(axis=1, keepdims=True)) / 6
-    held = hold_out_agents(np.stack([probs, probs]).astype(np.float32), labels)
+
+def test_target_thresholds_reach_the_precision_on_the_clips_they_were_chosen_on():
+    from pseudo.measure import Calibration, target_thresholds
+
+    probs, labels = _toy_agents()
     cfg = FilterConfig(calibrate=False, target_precision=0.95, max_ratio=None)
-    thresholds = target_thresholds(held, cfg, 0.95)
-    point = measure(held, cfg, np.bincount(labels), thresholds)
-    assert point.kept > 0 and all(v["precision"] >= 0.95 for v in point.per_class.values() if v["kept"])
+    cal = Calibration(temperatures=np.ones(2, np.float32), agent_scores=np.ones(2, np.float32))
+    thresholds = target_thresholds(probs, labels, cfg, cal, 0.95)
+    from pseudo.select import combine_agents, gate_mask
+
+    combined = combine_agents(probs, cfg)
+    kept = gate_mask(probs, combined, cfg) & (combined.max(1) >= thresholds[combined.argmax(1)])
+    assert kept.sum() > 0
+    for c in range(6):
+        mine = kept & (combined.argmax(1) == c)
+        assert not mine.any() or (labels[mine] == c).mean() >= 0.95
     assert FilterConfig().mask == "class_topk" and FilterConfig().target_precision is None
     with pytest.raises(ValueError, match="mask='nope'.*topk_fraction=2"):
         FilterConfig(mask="nope", topk_fraction=2)
+
+
+def test_the_measured_filter_is_the_applied_filter():
+    """With the pool of fold k made of fold k's own labelled clips, the held-out clips kept are exactly the pool
+    clips kept, for every mask: same calibration, same gate, same quota and cap rules."""
+    from clips.folds import stratified_folds
+    from pseudo.measure import cross_fit, fold_calibrations
+
+    probs, labels = _toy_agents(n=150)
+    fold_of = stratified_folds(labels, 5, 0)
+    calibrations = fold_calibrations(probs, labels, fold_of)
+    for cfg in (FilterConfig(), FilterConfig(mask="fixed", threshold=0.5), FilterConfig(mask="freematch"),
+                FilterConfig(mask="flexmatch", threshold=0.6), FilterConfig(mask="class_topk", max_ratio=0.1),
+                FilterConfig(target_precision=0.9)):
+        for k in range(5):
+            held = np.flatnonzero(fold_of == k)
+            pool = np.full((2, len(held), 5, 6), np.nan, dtype=np.float32)
+            pool[:, :, k] = probs[:, held]
+            fit = cross_fit(probs, labels, fold_of, pool, [f"c{i}" for i in held], cfg, calibrations)
+            from pseudo.select import combine_agents, gate_mask
+
+            cal = calibrations[k]
+            combined = combine_agents(probs[:, held], cfg, cal.temperatures, cal.agent_scores)
+            applied = fit.thresholds[k][combined.argmax(1)]
+            on_held = gate_mask(probs[:, held], combined, cfg) & (combined.max(1) >= applied)
+            assert np.flatnonzero(on_held).tolist() == fit.pseudo[k].index.tolist(), (cfg, k)
+
+
+def test_fold_k_pseudo_labels_read_only_the_fold_k_agent_models():
+    from clips.folds import stratified_folds
+    from pseudo.measure import cross_fit, fold_calibrations
+
+    probs, labels = _toy_agents(n=120)
+    fold_of = stratified_folds(labels, 4, 0)
+    calibrations = fold_calibrations(probs, labels, fold_of)
+    rng = np.random.default_rng(1)
+    pool = rng.dirichlet(np.full(6, 0.3), size=(2, 200, 4)).astype(np.float32)       # (agents, pool, K, 6)
+    names = [f"p{i}" for i in range(200)]
+    fit = cross_fit(probs, labels, fold_of, pool, names, FilterConfig(), calibrations)
+    for k in range(4):
+        changed = pool.copy()
+        changed[:, :, [j for j in range(4) if j != k]] = rng.dirichlet(np.full(6, 0.3), size=(2, 200, 3))
+        again = cross_fit(probs, labels, fold_of, changed, names, FilterConfig(), calibrations)
+        assert again.pseudo[k].names == fit.pseudo[k].names and len(fit.pseudo[k].names) > 0
+        np.testing.assert_array_equal(again.pseudo[k].targets, fit.pseudo[k].targets)
+
+
+def test_threshold_works_under_every_mask():
+    from pseudo.select import keep_mask
+
+    combined = np.array([[0.9, 0.1, 0, 0, 0, 0], [0.55, 0.45, 0, 0, 0, 0], [0.1, 0.9, 0, 0, 0, 0],
+                         [0.3, 0.7, 0, 0, 0, 0]], dtype=np.float32)
+    probs = combined[None]
+    counts = np.array([10, 10, 1, 1, 1, 1])
+    def kept(mask: str, threshold: float) -> list[bool]:
+        cfg = FilterConfig(mask=mask, min_agents=1, threshold=threshold, max_ratio=None, topk_fraction=1.0)
+        return keep_mask(probs, combined, cfg, counts).tolist()
+
+    for mask in ("fixed", "flexmatch", "class_topk"):
+        assert kept(mask, 0.5) == [True, True, True, True], mask
+        assert kept(mask, 0.85) == [True, False, True, False], mask
+    # FreeMatch's own bar here is the mean top probability, 0.7625: a floor below it changes nothing, above it bites
+    assert kept("freematch", 0.5) == [True, False, True, False]
+    assert kept("freematch", 0.95) == [False, False, False, False]
+    # class_topk with a floor of 0.8: the quota would keep 2 per class, the floor leaves the two confident clips
+    floor = keep_mask(probs, combined, FilterConfig(mask="class_topk", min_agents=1, threshold=0.8, max_ratio=None,
+                                                    topk_fraction=1.0), counts)
+    assert floor.tolist() == [True, False, True, False]
+
+
+def test_one_agent_keeps_pseudo_labels_by_default_and_none_kept_is_explained():
+    from pseudo.select import combine_agents, select_pseudo_labels, why_none_kept
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.full(6, 0.2), size=(1, 60)).astype(np.float32)           # one agent
+    pseudo = select_pseudo_labels(probs, [f"c{i}" for i in range(60)], FilterConfig(),
+                                  labelled_counts=np.full(6, 10))
+    assert len(pseudo.names) > 0
+    strict = FilterConfig(mask="fixed", threshold=1.0)
+    assert len(select_pseudo_labels(probs, [f"c{i}" for i in range(60)], strict).names) == 0
+    why = why_none_kept(probs, combine_agents(probs, strict), strict)
+    assert why.startswith("1 agent(s); 60 of 60 clips have >= 1 agent(s) with evidence, 60 of those agree")
+    assert "mask=fixed, threshold=1.0" in why
+
+
+def test_wilson_interval_by_hand():
+    from pseudo.filters import wilson_interval
+
+    low, high = wilson_interval(8, 10)
+    assert round(low, 4) == 0.4902 and round(high, 4) == 0.9433
+    assert wilson_interval(0, 0) != wilson_interval(0, 0)  # nan
+    assert wilson_interval(5, 5)[1] == 1.0

@@ -74,7 +74,10 @@ def test_every_stage_writes_its_outputs(pipeline):
     assert report["labelled"] == 48 and 0.0 <= report["waf"] <= 1.0
     kept = _rows(paths.pseudo / "pseudo-labels.csv")
     assert kept
-    assert sum(report["kept"].values()) == len(kept)
+    # one selection per student fold, each from that fold's agent models; `kept` is their mean per class
+    assert len(report["kept_per_fold"]) == 5
+    for k, counts in enumerate(report["kept_per_fold"]):
+        assert sum(counts.values()) == sum(row["fold"] == str(k) for row in kept) > 0
     assert all(row["name"] in pool for row in kept)
 
     png = run / "confusion.png"

@@ -135,15 +135,37 @@ def test_fold_rows_keep_pseudo_rows_out_of_validation() -> None:
     blocks, masks, targets, weights, is_labelled = _problem()
     weights[3] = 0.0  # a labelled row with weight 0 is validated on but never trained on
     weights[-1] = 0.0  # a pseudo row with weight 0 is never used
-    splits = fold_rows(targets, weights, is_labelled, folds=3, seed=0)
+    fold_of = np.full(len(targets), -1)
+    fold_of[is_labelled] = np.arange(is_labelled.sum()) % 3
+    fold_of[-10:-1] = 1  # pseudo rows that only fold 1 trains on (made by teachers that never saw fold 1)
+    splits = fold_rows(targets, weights, is_labelled, fold_of, inner_val=0.2, seed=0)
     labelled, pseudo = np.flatnonzero(is_labelled), np.flatnonzero(~is_labelled)
-    all_val = np.concatenate([val for _, val in splits])
+    all_val = np.concatenate([val for _, _, val in splits])
     assert sorted(all_val.tolist()) == labelled.tolist()
-    for train, val in splits:
-        assert is_labelled[val].all()
-        assert not np.intersect1d(train, val).size
-        expected = (set(labelled.tolist()) - set(val.tolist()) - {3}) | set(pseudo[:-1].tolist())
+    for k, (train, inner, val) in enumerate(splits):
+        assert is_labelled[val].all() and (fold_of[val] == k).all()
+        assert is_labelled[inner].all() and not np.intersect1d(inner, val).size
+        assert not np.intersect1d(train, val).size and not np.intersect1d(train, inner).size
+        # about a fifth of the fold's labelled training rows choose the epoch
+        assert abs(len(inner) - 0.2 * (len(labelled) - len(val) - (3 not in val))) <= 6
+        fold_pseudo = set(pseudo[:-10].tolist()) | (set(pseudo[-10:-1].tolist()) if k == 1 else set())
+        expected = (set(labelled.tolist()) - set(val.tolist()) - set(inner.tolist()) - {3}) | fold_pseudo
         assert set(train.tolist()) == expected and len(train) == len(expected)
+
+
+def test_the_reported_fold_never_chooses_the_epoch() -> None:
+    """Relabelling fold 0's validation rows changes nothing fold 0 trained or chose: only its reported score."""
+    blocks, masks, targets, weights, is_labelled = _problem(labelled=120, pseudo=0)
+    fold_of = np.arange(120) % 3
+    cfg = dataclasses.replace(SMALL, epochs=6)
+    result = train_student(blocks, masks, targets, weights, is_labelled, cfg, progress=False, fold_of=fold_of)
+    flipped = targets.copy()
+    flipped[fold_of == 0] = np.roll(flipped[fold_of == 0], 1, axis=1)
+    again = train_student(blocks, masks, flipped, weights, is_labelled, cfg, progress=False, fold_of=fold_of)
+    assert again.folds[0].best_epoch == result.folds[0].best_epoch
+    assert again.folds[0].history == result.folds[0].history
+    assert all(torch.equal(again.folds[0].state[k], result.folds[0].state[k]) for k in result.folds[0].state)
+    assert again.folds[0].val_waf < result.folds[0].val_waf
 
 
 def test_batch_grows_with_many_pseudo_labelled_rows() -> None:
@@ -185,7 +207,7 @@ def test_training_learns_a_separable_problem(trained) -> None:
     assert len(result.folds) == 3
     for fold in result.folds:
         assert is_labelled[fold.val_rows].all()
-        assert fold.best_waf == max(fold.history) and fold.history[fold.best_epoch] == fold.best_waf
+        assert fold.best_score == max(fold.history) and fold.history[fold.best_epoch] == fold.best_score
 
 
 def test_training_is_deterministic_for_a_seed(trained) -> None:
@@ -248,7 +270,7 @@ def test_patience_stops_a_fold_after_epochs_without_improvement() -> None:
     for fold in result.folds:
         # it ran until two epochs in a row failed to beat the best, or to the last epoch
         assert len(fold.history) == 40 or len(fold.history) == fold.best_epoch + 3
-        assert max(fold.history[fold.best_epoch + 1:], default=-1.0) <= fold.best_waf
+        assert max(fold.history[fold.best_epoch + 1:], default=-np.inf) <= fold.best_score
     assert any(len(fold.history) < 40 for fold in result.folds)
     with pytest.raises(ValueError, match="patience=0: must be at least 1"):
         StudentConfig(patience=0)
