@@ -33,15 +33,15 @@ from clips.labels import LABELS, label_index
 from llm.hf_backend import (
     HFScorer,
     answer_logprobs,
+    checkpoint_dtype,
     encode_requests,
     load_model,
     load_processor,
     load_weights,
     tokenizer_of,
 )
-from llm.prompts import label_words
 from llm.requests import Request
-from llm.scoring import END_TOKEN, LabelScoring, plan_scoring
+from llm.scoring import END_TOKEN, LabelScoring
 from teacher.llm_agent import ClipRequests
 from teacher.llm_options import LLMAgentOptions
 
@@ -142,7 +142,7 @@ def split_held_out(refs: list[ClipRef], share: float, seed: int) -> tuple[list[C
 def _answer_loss(model, processor, family, plan: LabelScoring, batch: list[tuple[Request, int]]):
     """Mean negative log-likelihood of the answer tokens `<word><|im_end|>` (the prompt carries no loss)."""
     requests = [r for r, _ in batch]
-    suffixes = [plan.words[y] + END_TOKEN for _, y in batch]
+    suffixes = [plan.prefix + plan.answers[y] + END_TOKEN for _, y in batch]
     inputs = encode_requests(processor, family, requests, suffixes).to(next(model.parameters()).device)
     logp, mask = answer_logprobs(model, inputs, [plan.answer_ids[y] for _, y in batch])
     return -logp.sum() / mask.sum()
@@ -184,7 +184,7 @@ def train_teacher(cfg: TeacherTrainConfig, labelled: list[ClipRef]) -> TeacherTr
     # phase 1: model + LoRA, and the requests (decoded once: a teacher run holds the labelled clips' media)
     family = cfg.teacher.family_record()
     model, processor = _load_trainable(cfg, family)
-    plan = plan_scoring(label_words(cfg.teacher.language), tokenizer_of(processor), cfg.teacher.scoring)
+    plan = cfg.teacher.scoring_plan(tokenizer_of(processor))
     maker = ClipRequests(cfg.teacher, processor)
     train, skipped = _requests(maker, train_refs)
     held, held_skipped = _requests(maker, held_refs)
@@ -246,11 +246,13 @@ def train_teacher(cfg: TeacherTrainConfig, labelled: list[ClipRef]) -> TeacherTr
 def export_merged(base: str | Path, adapter_dir: Path, out: Path, family, processor=None, device: str = "cpu") -> Path:
     """Base weights (full precision, even after QLoRA) + adapter merged, saved with the processor to `out`.
 
-    `processor` defaults to the base checkpoint's. Returns `out`.
+    The merge is computed in float32 and saved in the base checkpoint's own dtype (bf16 for the Qwen releases:
+    a 7B export is then 15 GB, not 30). `processor` defaults to the base checkpoint's. Returns `out`.
     """
     from peft import PeftModel
 
     merged = PeftModel.from_pretrained(load_weights(base, family, device=device), str(adapter_dir)).merge_and_unload()
+    merged = merged.to(checkpoint_dtype(base))
     merged.save_pretrained(out)
     (processor or load_processor(base)).save_pretrained(out)
     return out

@@ -5,12 +5,17 @@ Usage:
 
 Features are extracted first (cached, so a rerun costs nothing); each agent then scores the clips it has not
 stored yet, in batches, one atomic shard per batch; with `features.engine: ray` the batches are scored by Ray
-Data actors (one replica per GPU for LLM agents). Labelled clips are scored too (out-of-fold for feature
+Data actors (one replica per GPU for LLM agents). One agent is alive at a time: it is built, scores every clip,
+and is released (model dropped, vLLM engine shut down, CUDA cache emptied) before the next is built, so four LLM
+agents need the memory of the largest one, not of all four. LLM agents store their label mass beside the
+probabilities (the probability the model put on any label token). Labelled clips are scored too (out-of-fold for feature
 agents): the filters calibrate and measure the agents on them.
 """
 
 from __future__ import annotations
 
+import gc
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -66,20 +71,40 @@ class RayAgentScorer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         names = [str(name) for name in batch["name"]]
-        return {"name": names, "probs": list(self.agent.score(names))}  # (n, 6) as n rows
+        probs, mass = _score(self.agent, names)
+        return {"name": names, "probs": list(probs), "mass": list(mass)}  # (n, 6) and (n,) as n rows
+
+
+def _score(agent: Agent, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """((n, 6) probabilities, (n,) label mass) of an agent; NaN mass for agents that have none (feature agents)."""
+    if hasattr(agent, "score_with_mass"):
+        return agent.score_with_mass(names)
+    return agent.score(names), np.full(len(names), np.nan, dtype=np.float32)
+
+
+def release(agent: Agent) -> None:
+    """Free what an agent holds (its model, a vLLM engine) before the next agent is built."""
+    close = getattr(agent, "close", None)
+    if callable(close):
+        close()
+    gc.collect()
+    torch = sys.modules.get("torch")  # only when some agent loaded it: feature agents never need torch
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _scored_batches(
-    cfg: TeacherLabelConfig, spec: AgentSpec, agent: Agent, todo: list[str]
-) -> Iterator[tuple[list[str], np.ndarray]]:
-    """(names, (n, 6) probs) per batch of `todo`: here, or on Ray Data actors when cfg.features.engine is ray.
+    cfg: TeacherLabelConfig, spec: AgentSpec, agent: Agent | None, todo: list[str]
+) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+    """(names, (n, 6) probs, (n,) mass) per batch of `todo`: with `agent` here, or on Ray Data actors (agent None)
+    when cfg.features.engine is ray.
 
     With Ray an LLM agent gets one replica per GPU (num_gpus=1), other agents one CPU each; `workers` replicas.
     """
-    if cfg.features.engine != "ray":
+    if agent is not None:
         for begin in range(0, len(todo), cfg.batch_size):
             batch = todo[begin:begin + cfg.batch_size]
-            yield batch, agent.score(batch)
+            yield (batch, *_score(agent, batch))
         return
     import ray
 
@@ -91,7 +116,8 @@ def _scored_batches(
         batch_size=cfg.batch_size, **resources,
     )
     for batch in dataset.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"):
-        yield [str(name) for name in batch["name"]], np.stack(batch["probs"]).astype(np.float32)
+        yield ([str(name) for name in batch["name"]], np.stack(batch["probs"]).astype(np.float32),
+               np.asarray(batch["mass"], dtype=np.float32))
 
 
 def _context(cfg: TeacherLabelConfig, corpus: Corpus | None = None) -> AgentContext:
@@ -109,6 +135,16 @@ def teacher_label(cfg: TeacherLabelConfig) -> TeacherLabelReport:
     run_features(corpus, cfg.run, cfg.features, cfg.progress)
     names = [ref.name for ref in corpus.all()]
     context = _context(cfg, corpus)
+    scored, skipped = label_agents(cfg, context, names)
+    return TeacherLabelReport(scored=scored, skipped=skipped, elapsed=time.perf_counter() - start)
+
+
+def label_agents(cfg: TeacherLabelConfig, context: AgentContext, names: list[str]
+                 ) -> tuple[dict[str, int], dict[str, int]]:
+    """Each agent of `cfg` in turn: build, score the clips of `names` it has not stored, release.
+
+    Returns (clips newly scored, clips already stored) per agent.
+    """
     store = AgentStore(RunPaths(cfg.run).agents)
     scored: dict[str, int] = {}
     skipped: dict[str, int] = {}
@@ -117,13 +153,25 @@ def teacher_label(cfg: TeacherLabelConfig) -> TeacherLabelReport:
         done = store.done(spec.name)
         todo = [n for n in names if n not in done]
         skipped[spec.name], scored[spec.name] = len(names) - len(todo), len(todo)
-        if not todo:
-            continue
-        agent = build_agent(spec, context)
+        if todo:
+            _label_agent(cfg, spec, context, store, todo)
+    return scored, skipped
+
+
+def _label_agent(cfg: TeacherLabelConfig, spec: AgentSpec, context: AgentContext, store: AgentStore,
+                 todo: list[str]) -> None:
+    """Build one agent, store its scores of `todo` batch by batch, and release it even when scoring fails."""
+    agent = build_agent(spec, context)
+    try:
         store.write_meta(spec.name, agent.settings())
+        if cfg.features.engine == "ray":  # the actors build their own replicas: free this one first
+            release(agent)
+            agent = None
         bar = tqdm(total=len(todo), desc=f"agent {spec.name}", unit="clip", disable=not cfg.progress)
-        for batch, probs in _scored_batches(cfg, spec, agent, todo):
-            store.append(spec.name, batch, probs)
+        for batch, probs, mass in _scored_batches(cfg, spec, agent, todo):
+            store.append(spec.name, batch, probs, mass=None if np.isnan(mass).all() else mass)
             bar.update(len(batch))
         bar.close()
-    return TeacherLabelReport(scored=scored, skipped=skipped, elapsed=time.perf_counter() - start)
+    finally:
+        if agent is not None:
+            release(agent)

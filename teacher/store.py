@@ -5,8 +5,11 @@ Usage:
     todo = [n for n in names if n not in store.done("audio")]
     store.append("audio", batch_names, batch_probs)          # one atomic shard per batch
     names, probs = store.read("audio")                        # (n,), (n, 6)
+    store.append("qwen-text", batch_names, batch_probs, mass=batch_mass)   # LLM agents: label mass too
+    names, mass = store.read_mass("qwen-text")                # (n,); NaN where a shard stored none
 
-Each agent has a folder of shards `part-XXXXXXXX.npz` (arrays `names`, `probs`), each written atomically, so a
+Each agent has a folder of shards `part-XXXXXXXX.npz` (arrays `names`, `probs`, and `mass` for LLM agents: the
+probability the model put on any label token, a confidence signal), each written atomically, so a
 kill -9 loses at most the batch in flight and a rerun skips every clip already stored. Rows of NaN mean the agent
 had no evidence for that clip (its modality is missing).
 """
@@ -82,16 +85,37 @@ class AgentStore:
         """Names already stored for `agent`."""
         return set(self.read(agent)[0])
 
-    def append(self, agent: str, names: list[str], probs: np.ndarray) -> Path:
-        """Write one shard for a batch; returns its path."""
+    def append(self, agent: str, names: list[str], probs: np.ndarray, mass: np.ndarray | None = None) -> Path:
+        """Write one shard for a batch (with the (n,) label mass when given); returns its path."""
         probs = np.asarray(probs, dtype=np.float32)
         if probs.shape != (len(names), NUM_LABELS):
             raise ValueError(f"agent {agent!r}: probs of shape {probs.shape} for {len(names)} names")
+        extra = {}
+        if mass is not None:
+            extra["mass"] = np.asarray(mass, dtype=np.float32)
+            if extra["mass"].shape != (len(names),):
+                raise ValueError(f"agent {agent!r}: mass of shape {extra['mass'].shape} for {len(names)} names")
         shards = self._shards(agent)
         index = int(_SHARD.match(shards[-1].name).group(1)) + 1 if shards else 0
         path = self.agent_dir(agent) / f"part-{index:08d}.npz"
-        atomic_save_npz(path, names=np.array(names, dtype=str), probs=probs)
+        atomic_save_npz(path, names=np.array(names, dtype=str), probs=probs, **extra)
         return path
+
+    def read_mass(self, agent: str) -> tuple[list[str], np.ndarray]:
+        """All stored (names, (n,) label mass) of `agent`, first occurrence kept; NaN for shards without mass."""
+        names: list[str] = []
+        blocks: list[np.ndarray] = []
+        seen: set[str] = set()
+        for shard in self._shards(agent):
+            data = load_npz(shard)
+            shard_names = [str(n) for n in data["names"]]
+            mass = data["mass"].astype(np.float32) if "mass" in data else np.full(len(shard_names), np.nan,
+                                                                                   np.float32)
+            keep = [i for i, n in enumerate(shard_names) if n not in seen]
+            seen.update(shard_names[i] for i in keep)
+            names.extend(shard_names[i] for i in keep)
+            blocks.append(mass[keep])
+        return names, np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
     def matrix(self, agents: list[str], names: list[str]) -> np.ndarray:
         """(agents, clips, 6) probabilities aligned with `names`; NaN where an agent has no row for a clip."""
