@@ -119,7 +119,9 @@ def load_weights(model: str | Path, family: Family, adapter: str | Path | None =
     import transformers
 
     target = pick_device(device)
-    quant = quantization_config(quantization, target, force_quantization, keep=("lm_head", *family.towers))
+    # transformers matches skip patterns from the start of the module name: ".*tower" reaches model.tower.*
+    keep = ("lm_head", *(f".*{tower}" for tower in family.towers))
+    quant = quantization_config(quantization, target, force_quantization, keep=keep)
     model_class = getattr(transformers, family.model_class)
     kwargs = {"dtype": model_dtype(target)}
     if quant is not None:
