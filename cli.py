@@ -239,7 +239,7 @@ def teacher_train_cmd(config_path, data, unlabelled_dir, out, model, family, vie
     overrides = {"data": data, "unlabelled_dir": unlabelled_dir, "out": out, "epochs": epochs, "qlora": qlora,
                  "teacher": {"model": model, "family": family, "view": view}, "progress": False if quiet else None}
     report = teacher_train(_build(TeacherTrainConfig, config_path, overrides))
-    waf = "n/a" if report.waf is None else f"{report.waf:.4f}"
+    waf = "n/a" if report.waf is None else f"{report.waf:.4f} (base model {report.waf_before:.4f})"
     click.echo(f"held-out WAF {waf} on {report.held_clips} clips; trained on {report.train_clips}")
     merged = f"; merged export: {report.merged_dir}" if report.merged_dir else ""
     click.echo(f"adapter: {report.adapter_dir}{merged}")

@@ -119,6 +119,8 @@ class TeacherTrainReport:
     # clips skipped because they lack the view's media
     skipped: int
     elapsed: float
+    # held-out weighted F1 of the base model (the adapter switched off): what fine-tuning added
+    waf_before: float | None = None
 
 
 def teacher_train(cfg: TeacherTrainConfig) -> TeacherTrainReport:
@@ -156,6 +158,14 @@ def _requests(maker: ClipRequests, refs: list[ClipRef]) -> tuple[list[tuple[Requ
         if request is not None:
             out.append((request, label_index(ref.label)))
     return out, len(refs) - len(out)
+
+
+def _held_out_waf(scorer: HFScorer, held: list[tuple[Request, int]]) -> tuple[float, float]:
+    """(weighted F1, accuracy) of the scorer's argmax on held-out (request, label index) pairs."""
+    truth = [y for _, y in held]
+    pred = scorer.score([r for r, _ in held]).argmax(1)
+    return (float(f1_score(truth, pred, average="weighted", labels=range(len(LABELS)), zero_division=0)),
+            float(accuracy_score(truth, pred)))
 
 
 def _load_trainable(cfg: TeacherTrainConfig, family):
@@ -219,15 +229,15 @@ def train_teacher(cfg: TeacherTrainConfig, labelled: list[ClipRef]) -> TeacherTr
     bar.close()
     model.eval()
 
-    # phase 3: held-out WAF with the same scorer the agent uses
-    waf = accuracy = None
+    # phase 3: held-out WAF with the same scorer the agent uses, with and without the adapter
+    waf = accuracy = waf_before = None
     if held:
-        probs = HFScorer(model, processor, family, plan, cfg.teacher.batch_size).score([r for r, _ in held])
-        truth = [y for _, y in held]
-        pred = probs.argmax(1)
-        waf = float(f1_score(truth, pred, average="weighted", labels=range(len(LABELS)), zero_division=0))
-        accuracy = float(accuracy_score(truth, pred))
-        log.info("teacher-train: held-out WAF %.4f, accuracy %.4f on %d clips", waf, accuracy, len(held))
+        scorer = HFScorer(model, processor, family, plan, cfg.teacher.batch_size)
+        waf, accuracy = _held_out_waf(scorer, held)
+        with model.disable_adapter():
+            waf_before = _held_out_waf(scorer, held)[0]
+        log.info("teacher-train: held-out WAF %.4f (base model %.4f), accuracy %.4f on %d clips", waf, waf_before,
+                 accuracy, len(held))
 
     # phase 4: adapter, merged export, report
     out = Path(cfg.out)
@@ -236,7 +246,8 @@ def train_teacher(cfg: TeacherTrainConfig, labelled: list[ClipRef]) -> TeacherTr
     merged_dir = export_merged(cfg.teacher.model, adapter_dir, out / "merged", family, processor) if cfg.merge else None
     report = TeacherTrainReport(adapter_dir=adapter_dir, merged_dir=merged_dir, waf=waf, accuracy=accuracy,
                                 losses=losses, train_clips=len(train), held_clips=len(held),
-                                skipped=skipped + held_skipped, elapsed=time.perf_counter() - start)
+                                skipped=skipped + held_skipped, elapsed=time.perf_counter() - start,
+                                waf_before=waf_before)
     (out / "report.json").write_text(json.dumps({**{k: str(v) if isinstance(v, Path) else v
                                                     for k, v in report.__dict__.items()},
                                                  "config": to_dict(cfg)}, indent=2), encoding="utf-8")
