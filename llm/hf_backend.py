@@ -5,7 +5,9 @@ Usage:
     plan = plan_scoring(label_words("en"), tokenizer_of(processor))
     scorer = HFScorer(model, processor, get_family("qwen2_audio"), plan)
     probs = scorer.score(requests)           # (n, 6), requests from llm.requests.build_request
+    probs, mass = scorer.scores(requests)    # and (n,) label mass: the probability on the label tokens
     text = scorer.generate(requests[0], max_new_tokens=32)
+    scorer.close()                           # drops the model (and CUDA cache) before the next agent loads
 
 One forward pass per batch. The vocabulary projection is applied only to the last few positions (the answer),
 because full logits are (batch, length, 151k) floats: gigabytes for a batch of 30 s Qwen2-Audio clips.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +26,7 @@ import torch
 
 from llm.families import Family
 from llm.requests import Request
-from llm.scoring import END_TOKEN, LabelScoring, first_token_probs, sequence_probs
+from llm.scoring import END_TOKEN, LabelScoring, label_token_scores, sequence_scores
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,14 @@ def model_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def quantization_config(quantization: Quantization, device: torch.device, force: bool = False):
+def quantization_config(quantization: Quantization, device: torch.device, force: bool = False,
+                        keep: tuple[str, ...] = ("lm_head",)):
     """BitsAndBytesConfig for "4bit" (nf4, double quant) or "8bit"; None for "none".
 
-    Raises ValueError on CPU unless `force`: bitsandbytes runs there but slowly and only for smoke tests.
+    `keep` names the modules left unquantised (bitsandbytes' llm_int8_skip_modules, matched against module names):
+    the output layer and, for multimodal families, the audio/vision towers and projectors, which are small and
+    lose the most from 4-bit weights (QLoRA trains the language model only). Raises ValueError on CPU unless
+    `force`: bitsandbytes runs there but slowly and only for smoke tests.
     """
     if quantization == "none":
         return None
@@ -64,9 +70,23 @@ def quantization_config(quantization: Quantization, device: torch.device, force:
     from transformers import BitsAndBytesConfig
 
     if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(keep))
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=model_dtype(device))
+                              bnb_4bit_compute_dtype=model_dtype(device), llm_int8_skip_modules=list(keep))
+
+
+def checkpoint_dtype(model: str | Path) -> torch.dtype:
+    """The dtype a checkpoint was saved in (its config's `dtype`; bf16 for the Qwen releases), float32 if unstated."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model))
+    stated = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if stated is None and hasattr(config, "get_text_config"):
+        text = config.get_text_config()
+        stated = getattr(text, "dtype", None) or getattr(text, "torch_dtype", None)
+    if isinstance(stated, str):
+        stated = getattr(torch, stated, None)
+    return stated if isinstance(stated, torch.dtype) else torch.float32
 
 
 def tokenizer_of(processor):
@@ -99,7 +119,9 @@ def load_weights(model: str | Path, family: Family, adapter: str | Path | None =
     import transformers
 
     target = pick_device(device)
-    quant = quantization_config(quantization, target, force_quantization)
+    # transformers matches skip patterns from the start of the module name: ".*tower" reaches model.tower.*
+    keep = ("lm_head", *(f".*{tower}" for tower in family.towers))
+    quant = quantization_config(quantization, target, force_quantization, keep=keep)
     model_class = getattr(transformers, family.model_class)
     kwargs = {"dtype": model_dtype(target)}
     if quant is not None:
@@ -172,6 +194,15 @@ def answer_logprobs(model, inputs, answers: Sequence[Sequence[int]]) -> tuple[to
     return picked * mask, mask
 
 
+def release_memory() -> None:
+    """Collect garbage and, where CUDA is in use, hand cached blocks back to the driver."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class HFScorer:
     """Scores Requests with a loaded transformers model: (n, 6) label probabilities per call."""
 
@@ -192,34 +223,51 @@ class HFScorer:
     def _encode(self, requests: Sequence[Request], suffixes: Sequence[str] | None = None):
         return encode_requests(self.processor, self.family, requests, suffixes, self.video_kwargs).to(self.device)
 
-    @torch.no_grad()
     def score(self, requests: Sequence[Request]) -> np.ndarray:
         """(len(requests), 6) probabilities over the labels, in batches of `batch_size` clips."""
-        out = np.zeros((len(requests), len(self.plan.words)), dtype=np.float32)
-        for begin in range(0, len(requests), self.batch_size):
-            batch = requests[begin:begin + self.batch_size]
-            out[begin:begin + len(batch)] = (self._first_token(batch) if self.plan.mode == "first_token"
-                                             else self._sequence(batch))
-        return out
-
-    def _first_token(self, batch: Sequence[Request]) -> np.ndarray:
-        inputs = self._encode(batch)
-        with last_positions_only(self.model, 1):
-            logits = self.model(**inputs).logits[:, -1]  # (B, V): left padding puts the answer slot last
-        return first_token_probs(logits.float().cpu().numpy(), self.plan)
-
-    def _sequence(self, batch: Sequence[Request]) -> np.ndarray:
-        words = self.plan.words
-        rows = [r for r in batch for _ in words]                     # each clip once per label
-        suffixes = [w + END_TOKEN for _ in batch for w in words]
-        answers = [a for _ in batch for a in self.plan.answer_ids]
-        logp, _ = answer_logprobs(self.model, self._encode(rows, suffixes), answers)
-        return sequence_probs(logp.sum(-1).view(len(batch), len(words)).cpu().numpy())
+        return self.scores(requests)[0]
 
     @torch.no_grad()
-    def generate(self, request: Request, max_new_tokens: int = 32) -> str:
-        """Greedy free text after `request.prompt` (special tokens dropped)."""
+    def scores(self, requests: Sequence[Request]) -> tuple[np.ndarray, np.ndarray]:
+        """((n, 6) probabilities over the labels, (n,) label mass) of `requests`, in batches of `batch_size`."""
+        probs = np.zeros((len(requests), len(self.plan.words)), dtype=np.float32)
+        mass = np.zeros(len(requests), dtype=np.float32)
+        for begin in range(0, len(requests), self.batch_size):
+            batch = requests[begin:begin + self.batch_size]
+            score = self._first_token if self.plan.mode == "first_token" else self._sequence
+            probs[begin:begin + len(batch)], mass[begin:begin + len(batch)] = score(batch)
+        return probs, mass
+
+    def _first_token(self, batch: Sequence[Request]) -> tuple[np.ndarray, np.ndarray]:
+        inputs = self._encode(batch, [self.plan.prefix] * len(batch))
+        with last_positions_only(self.model, 1):
+            logits = self.model(**inputs).logits[:, -1]  # (B, V): left padding puts the answer slot last
+        logp = torch.log_softmax(logits.float(), dim=-1)[:, list(self.plan.token_ids)]  # (B, label spellings)
+        return label_token_scores(logp.cpu().numpy(), self.plan)
+
+    def _sequence(self, batch: Sequence[Request]) -> tuple[np.ndarray, np.ndarray]:
+        plan = self.plan
+        rows = [r for r in batch for _ in plan.answers]                     # each clip once per label
+        suffixes = [plan.prefix + a + END_TOKEN for _ in batch for a in plan.answers]
+        answers = [a for _ in batch for a in plan.answer_ids]
+        logp, _ = answer_logprobs(self.model, self._encode(rows, suffixes), answers)
+        return sequence_scores(logp.sum(-1).view(len(batch), len(plan.answers)).cpu().numpy())
+
+    def close(self) -> None:
+        """Drop the model: with no other reference left its memory is freed (CUDA cache emptied too)."""
+        self.model = None
+        release_memory()
+
+    @torch.no_grad()
+    def generate(self, request: Request, max_new_tokens: int = 32, adapter: bool = True) -> str:
+        """Greedy free text after `request.prompt` (special tokens dropped).
+
+        `adapter=False` switches a LoRA adapter off for the call: a teacher tuned to answer one word would
+        otherwise answer a free-text question with one word too.
+        """
         inputs = self._encode([request])
-        tokens = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        switch_off = not adapter and hasattr(self.model, "disable_adapter")
+        with self.model.disable_adapter() if switch_off else nullcontext():
+            tokens = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         new = tokens[0, inputs["input_ids"].shape[1]:]
         return tokenizer_of(self.processor).decode(new, skip_special_tokens=True).strip()

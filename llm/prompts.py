@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from clips.labels import LABELS
+from llm.scoring import LabelScoring, ScoringMode, plan_scoring
 
 Language = Literal["en", "zh"]
 
@@ -33,6 +34,12 @@ class PromptSet:
     transcript: str
     # question for a short free-text rationale (ask)
     rationale: str
+    # text that prefills the assistant turn: the next token is then the answer word
+    answer_prefix: str
+    # what separates the prefix from the word in the answer (" happy" after "Emotion:"; no space after "情绪：")
+    answer_lead: str
+    # other words counted for each label when scoring (single-token spellings only; never listed in the prompt)
+    aliases: tuple[tuple[str, ...], ...]
 
 
 PROMPT_SETS: dict[str, PromptSet] = {
@@ -44,15 +51,21 @@ PROMPT_SETS: dict[str, PromptSet] = {
         question="Which emotion does {subject} express? Answer with exactly one word from: {labels}.",
         transcript="Subtitle: {text}\n",
         rationale="In one sentence, what cues show the emotion of {subject}?",
+        answer_prefix="Emotion:",
+        answer_lead=" ",
+        aliases=((), (), (), (), (), ("surprised",)),
     ),
     "zh": PromptSet(
-        # 中性 is two tokens (中, 性) on the Qwen2 vocabulary, the others one; all first tokens differ
-        words=("中性", "生气", "高兴", "悲伤", "担心", "惊讶"),
+        # one token each on the Qwen2 vocabulary: 平静 (calm) for neutral, since 中性 is 中|性 and 中 starts many words
+        words=("平静", "生气", "高兴", "悲伤", "担心", "惊讶"),
         subjects={"audio": "这段音频中的说话人", "frames": "这段视频中的人物", "face": "这段视频中人物的面部",
                   "audio+video": "这段视频中的人物", "text": "这句台词的说话人"},
         question="{subject}表达的是哪种情绪？只用以下词语中的一个回答：{labels}。",
         transcript="台词：{text}\n",
         rationale="用一句话说明，哪些线索体现了{subject}的情绪？",
+        answer_prefix="情绪：",
+        answer_lead="",
+        aliases=((), ("愤怒",), ("开心",), ("难过",), ("焦虑",), ("吃惊",)),
     ),
 }
 
@@ -82,3 +95,13 @@ def build_rationale_prompt(language: str, view: str, transcript: str | None = No
     prompts = prompt_set(language)
     question = prompts.rationale.format(subject=prompts.subjects[view])
     return (prompts.transcript.format(text=transcript) if transcript else "") + question
+
+
+def scoring_plan(language: str, tokenizer, mode: ScoringMode = "auto", prefill: bool = True) -> LabelScoring:
+    """How `language`'s labels are scored on `tokenizer`: after the answer prefix with every spelling summed
+    (`prefill`), or on the bare first tokens right after the assistant turn opens."""
+    prompts = prompt_set(language)
+    if not prefill:
+        return plan_scoring(prompts.words, tokenizer, mode, variants=False)
+    return plan_scoring(prompts.words, tokenizer, mode, prefix=prompts.answer_prefix, lead=prompts.answer_lead,
+                        aliases=prompts.aliases)

@@ -36,15 +36,15 @@ from clips.labels import LABELS, label_index
 from llm.hf_backend import (
     HFScorer,
     answer_logprobs,
+    checkpoint_dtype,
     encode_requests,
     load_model,
     load_processor,
     load_weights,
     tokenizer_of,
 )
-from llm.prompts import label_words
 from llm.requests import Request
-from llm.scoring import END_TOKEN, LabelScoring, plan_scoring
+from llm.scoring import END_TOKEN, LabelScoring
 from teacher.llm_agent import ClipRequests
 from teacher.llm_options import LLMAgentOptions
 
@@ -131,6 +131,8 @@ class TeacherTrainReport:
     # clips skipped because they lack the view's media
     skipped: int
     elapsed: float
+    # held-out weighted F1 of the base model (the adapter switched off): what fine-tuning added
+    waf_before: float | None = None
 
 
 def teacher_train(cfg: TeacherTrainConfig) -> TeacherTrainReport:
@@ -173,7 +175,7 @@ def split_held_out(refs: list[ClipRef], share: float, seed: int) -> tuple[list[C
 def _answer_loss(model, processor, family, plan: LabelScoring, batch: list[tuple[Request, int]]):
     """Mean negative log-likelihood of the answer tokens `<word><|im_end|>` (the prompt carries no loss)."""
     requests = [r for r, _ in batch]
-    suffixes = [plan.words[y] + END_TOKEN for _, y in batch]
+    suffixes = [plan.prefix + plan.answers[y] + END_TOKEN for _, y in batch]
     inputs = encode_requests(processor, family, requests, suffixes).to(next(model.parameters()).device)
     logp, mask = answer_logprobs(model, inputs, [plan.answer_ids[y] for _, y in batch])
     return -logp.sum() / mask.sum()
@@ -187,6 +189,14 @@ def _requests(maker: ClipRequests, refs: list[ClipRef]) -> tuple[list[tuple[Requ
         if request is not None:
             out.append((request, label_index(ref.label)))
     return out, len(refs) - len(out)
+
+
+def _held_out_waf(scorer: HFScorer, held: list[tuple[Request, int]]) -> tuple[float, float]:
+    """(weighted F1, accuracy) of the scorer's argmax on held-out (request, label index) pairs."""
+    truth = [y for _, y in held]
+    pred = scorer.score([r for r, _ in held]).argmax(1)
+    return (float(f1_score(truth, pred, average="weighted", labels=range(len(LABELS)), zero_division=0)),
+            float(accuracy_score(truth, pred)))
 
 
 def _load_trainable(cfg: TeacherTrainConfig, family):
@@ -218,7 +228,7 @@ def train_teacher(cfg: TeacherTrainConfig, labelled: list[ClipRef],
     # phase 1: model + LoRA, and the requests (decoded once: a teacher run holds the labelled clips' media)
     family = cfg.teacher.family_record()
     model, processor = _load_trainable(cfg, family)
-    plan = plan_scoring(label_words(cfg.teacher.language), tokenizer_of(processor), cfg.teacher.scoring)
+    plan = cfg.teacher.scoring_plan(tokenizer_of(processor))
     maker = ClipRequests(cfg.teacher, processor)
     train, skipped = _requests(maker, train_refs)
     held, held_skipped = _requests(maker, held_refs)
@@ -253,15 +263,15 @@ def train_teacher(cfg: TeacherTrainConfig, labelled: list[ClipRef],
     bar.close()
     model.eval()
 
-    # phase 3: held-out WAF with the same scorer the agent uses
-    waf = accuracy = None
+    # phase 3: held-out WAF with the same scorer the agent uses, with and without the adapter
+    waf = accuracy = waf_before = None
     if held:
-        probs = HFScorer(model, processor, family, plan, cfg.teacher.batch_size).score([r for r, _ in held])
-        truth = [y for _, y in held]
-        pred = probs.argmax(1)
-        waf = float(f1_score(truth, pred, average="weighted", labels=range(len(LABELS)), zero_division=0))
-        accuracy = float(accuracy_score(truth, pred))
-        log.info("teacher-train: held-out WAF %.4f, accuracy %.4f on %d clips", waf, accuracy, len(held))
+        scorer = HFScorer(model, processor, family, plan, cfg.teacher.batch_size)
+        waf, accuracy = _held_out_waf(scorer, held)
+        with model.disable_adapter():
+            waf_before = _held_out_waf(scorer, held)[0]
+        log.info("teacher-train: held-out WAF %.4f (base model %.4f), accuracy %.4f on %d clips", waf, waf_before,
+                 accuracy, len(held))
 
     # phase 4: adapter, merged export, report
     out = Path(cfg.out)
@@ -270,7 +280,8 @@ def train_teacher(cfg: TeacherTrainConfig, labelled: list[ClipRef],
     merged_dir = export_merged(cfg.teacher.model, adapter_dir, out / "merged", family, processor) if cfg.merge else None
     report = TeacherTrainReport(adapter_dir=adapter_dir, merged_dir=merged_dir, waf=waf, accuracy=accuracy,
                                 losses=losses, train_clips=len(train), held_clips=len(held),
-                                skipped=skipped + held_skipped, elapsed=time.perf_counter() - start)
+                                skipped=skipped + held_skipped, elapsed=time.perf_counter() - start,
+                                waf_before=waf_before)
     (out / "report.json").write_text(json.dumps({**{k: str(v) if isinstance(v, Path) else v
                                                     for k, v in report.__dict__.items()},
                                                  "config": to_dict(cfg)}, indent=2), encoding="utf-8")
@@ -280,11 +291,13 @@ def train_teacher(cfg: TeacherTrainConfig, labelled: list[ClipRef],
 def export_merged(base: str | Path, adapter_dir: Path, out: Path, family, processor=None, device: str = "cpu") -> Path:
     """Base weights (full precision, even after QLoRA) + adapter merged, saved with the processor to `out`.
 
-    `processor` defaults to the base checkpoint's. Returns `out`.
+    The merge is computed in float32 and saved in the base checkpoint's own dtype (bf16 for the Qwen releases:
+    a 7B export is then 15 GB, not 30). `processor` defaults to the base checkpoint's. Returns `out`.
     """
     from peft import PeftModel
 
     merged = PeftModel.from_pretrained(load_weights(base, family, device=device), str(adapter_dir)).merge_and_unload()
+    merged = merged.to(checkpoint_dtype(base))
     merged.save_pretrained(out)
     (processor or load_processor(base)).save_pretrained(out)
     return out

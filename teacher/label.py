@@ -5,18 +5,24 @@ Usage:
 
 Features are extracted first (cached, so a rerun costs nothing); each agent then scores the clips it has not
 stored yet, in batches, one atomic shard per batch; with `features.engine: ray` the batches are scored by Ray
-Data actors (one replica per GPU for LLM agents). Labelled clips are scored too: the filters calibrate and measure
-the agents on them, so each agent's meta.json records `labelled_scores`: "out_of_fold" (feature agents, one model
-per fold of the run's assignment, run/folds.csv, with every fold model's probabilities stored), "zero_shot" (an
-LLM without an adapter: it saw no label) or "in_sample" (an LLM adapter trained on the labelled clips; distill
-refuses to calibrate on it). An agent with no labelled evidence (a visual agent on an audio-only corpus) is
-skipped with one line, and the other agents go on.
-"""
+Data actors (one replica per GPU for LLM agents). One agent is alive at a time: it is built, scores every clip,
+and is released (model dropped, vLLM engine shut down, CUDA cache emptied) before the next is built, so four LLM
+agents need the memory of the largest one, not of all four. LLM agents store their label mass beside the
+probabilities (the probability the model put on any label token).
 
+Labelled clips are scored too: the filters calibrate and measure the agents on them, so each agent's meta.json
+records `labelled_scores`: "out_of_fold" (feature agents, one model per fold of the run's assignment,
+run/folds.csv, with every fold model's probabilities stored; LLM agents with fold adapters), "zero_shot" (an LLM
+without an adapter: it saw no label) or "in_sample" (an LLM adapter trained on the labelled clips; distill refuses
+to calibrate on it). An agent with no labelled evidence (a visual agent on an audio-only corpus) is skipped with
+one line, and the other agents go on.
+"""
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -79,10 +85,29 @@ class RayAgentScorer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         names = [str(name) for name in batch["name"]]
-        out = {"name": names, "probs": list(self.agent.score(names))}  # (n, 6) as n rows
+        probs, mass = _score(self.agent, names)
+        out = {"name": names, "probs": list(probs), "mass": list(mass)}  # (n, 6) and (n,) as n rows
         if hasattr(self.agent, "score_folds"):
             out["fold_probs"] = list(self.agent.score_folds(names))      # (n, K, 6) as n rows
         return out
+
+
+def _score(agent: Agent, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """((n, 6) probabilities, (n,) label mass) of an agent; NaN mass for agents that have none (feature agents)."""
+    if hasattr(agent, "score_with_mass"):
+        return agent.score_with_mass(names)
+    return agent.score(names), np.full(len(names), np.nan, dtype=np.float32)
+
+
+def release(agent: Agent) -> None:
+    """Free what an agent holds (its model, a vLLM engine) before the next agent is built."""
+    close = getattr(agent, "close", None)
+    if callable(close):
+        close()
+    gc.collect()
+    torch = sys.modules.get("torch")  # only when some agent loaded it: feature agents never need torch
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def labelled_scores(spec: AgentSpec) -> str:
@@ -108,34 +133,40 @@ def fold_adapter_specs(spec: AgentSpec, folds: FoldAssignment) -> list[AgentSpec
             for k in range(folds.folds)]
 
 
-def _score_with_fold_adapters(spec: AgentSpec, context: AgentContext, todo: list[str]) -> tuple[dict, np.ndarray]:
-    """(settings, (n, K, 6) probabilities) of `todo` under each fold adapter, one model loaded at a time.
+def _score_with_fold_adapters(spec: AgentSpec, context: AgentContext, todo: list[str]
+                              ) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(settings, (n, K, 6) probabilities, (n, K) label mass) of `todo` under each fold adapter, one model loaded
+    at a time.
 
     All of `todo` is scored by one adapter before the next loads, so a killed run redoes this agent's clips.
     """
     fold_probs = np.full((len(todo), context.folds.folds, NUM_LABELS), np.nan, dtype=np.float32)
+    fold_mass = np.full((len(todo), context.folds.folds), np.nan, dtype=np.float32)
     settings: dict = {}
     for k, member in enumerate(fold_adapter_specs(spec, context.folds)):
         agent = build_agent(member, context)
-        settings = {**agent.settings(), "adapter": None, "fold_adapters": spec.fold_adapters}
-        fold_probs[:, k] = agent.score(todo)
-        del agent
-    return settings, fold_probs
+        try:
+            settings = {**agent.settings(), "adapter": None, "fold_adapters": spec.fold_adapters}
+            fold_probs[:, k], fold_mass[:, k] = _score(agent, todo)
+        finally:
+            release(agent)
+    return settings, fold_probs, fold_mass
 
 
 def _scored_batches(
-    cfg: TeacherLabelConfig, spec: AgentSpec, agent: Agent, todo: list[str]
-) -> Iterator[tuple[list[str], np.ndarray, np.ndarray | None]]:
-    """(names, (n, 6) probs, (n, K, 6) fold probs or None) per batch of `todo`: here, or on Ray Data actors when
-    cfg.features.engine is ray.
+    cfg: TeacherLabelConfig, spec: AgentSpec, agent: Agent | None, todo: list[str]
+) -> Iterator[tuple[list[str], np.ndarray, np.ndarray | None, np.ndarray]]:
+    """(names, (n, 6) probs, (n, K, 6) fold probs or None, (n,) mass) per batch of `todo`: with `agent` here, or
+    on Ray Data actors (agent None) when cfg.features.engine is ray.
 
     With Ray an LLM agent gets one replica per GPU (num_gpus=1), other agents one CPU each; `workers` replicas.
     """
-    score_folds = getattr(agent, "score_folds", None)
-    if cfg.features.engine != "ray":
+    if agent is not None:
+        score_folds = getattr(agent, "score_folds", None)
         for begin in range(0, len(todo), cfg.batch_size):
             batch = todo[begin:begin + cfg.batch_size]
-            yield batch, agent.score(batch), None if score_folds is None else score_folds(batch)
+            probs, mass = _score(agent, batch)
+            yield batch, probs, None if score_folds is None else score_folds(batch), mass
         return
     import ray
 
@@ -148,7 +179,8 @@ def _scored_batches(
     )
     for batch in dataset.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"):
         fold_probs = np.stack(batch["fold_probs"]).astype(np.float32) if "fold_probs" in batch else None
-        yield [str(name) for name in batch["name"]], np.stack(batch["probs"]).astype(np.float32), fold_probs
+        yield ([str(name) for name in batch["name"]], np.stack(batch["probs"]).astype(np.float32), fold_probs,
+               np.asarray(batch["mass"], dtype=np.float32))
 
 
 def _context(cfg: TeacherLabelConfig, corpus: Corpus | None = None) -> AgentContext:
@@ -161,12 +193,29 @@ def _context(cfg: TeacherLabelConfig, corpus: Corpus | None = None) -> AgentCont
 
 
 def teacher_label(cfg: TeacherLabelConfig) -> TeacherLabelReport:
-    """Score every clip of the corpus with every agent; returns counts of new and skipped clips."""
+    """Score every clip of the corpus with every agent; returns counts of new and skipped clips.
+
+    Raises ValueError when no agent has labelled evidence.
+    """
     start = time.perf_counter()
     corpus = load_corpus(cfg.data, cfg.unlabelled_dir)
     run_features(corpus, cfg.run, cfg.features, cfg.progress)
     names = [ref.name for ref in corpus.all()]
-    context = _context(cfg, corpus)
+    scored, skipped, no_evidence = label_agents(cfg, _context(cfg, corpus), names)
+    if len(no_evidence) == len(cfg.agents):
+        raise ValueError(f"teacher-label: no agent has labelled evidence ({'; '.join(no_evidence.values())}); "
+                         "check the features stage's status.csv for the modalities the corpus has")
+    return TeacherLabelReport(scored=scored, skipped=skipped, elapsed=time.perf_counter() - start,
+                              no_evidence=no_evidence)
+
+
+def label_agents(cfg: TeacherLabelConfig, context: AgentContext, names: list[str]
+                 ) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
+    """Each agent of `cfg` in turn: build, score the clips of `names` it has not stored, release.
+
+    Returns (clips newly scored, clips already stored) per agent, and why each agent without labelled evidence
+    was skipped.
+    """
     store = AgentStore(RunPaths(cfg.run).agents)
     scored: dict[str, int] = {}
     skipped: dict[str, int] = {}
@@ -179,29 +228,51 @@ def teacher_label(cfg: TeacherLabelConfig) -> TeacherLabelReport:
             skipped[spec.name], scored[spec.name] = len(names), 0
             continue
         try:
-            agent = None if spec.fold_adapters else build_agent(spec, context)
+            if spec.fold_adapters:
+                _label_fold_adapters(cfg, spec, context, store, todo)
+            else:
+                _label_agent(cfg, spec, context, store, todo)
         except NoLabelledEvidence as err:
             # a corpus without this agent's modality: the other agents still make pseudo-labels
             log.warning("skipping agent %r: %s", spec.name, err)
             no_evidence[spec.name] = str(err)
             continue
         skipped[spec.name], scored[spec.name] = len(names) - len(todo), len(todo)
-        if spec.fold_adapters:
-            settings, fold_probs = _score_with_fold_adapters(spec, context, todo)
-            store.write_meta(spec.name, {**settings, "labelled_scores": labelled_scores(spec)})
-            probs = combine_folds(fold_probs, context.folds.of(todo))
-            for begin in range(0, len(todo), cfg.batch_size):
-                part = slice(begin, begin + cfg.batch_size)
-                store.append(spec.name, todo[part], probs[part], fold_probs[part])
-            continue
+    return scored, skipped, no_evidence
+
+
+def _label_fold_adapters(cfg: TeacherLabelConfig, spec: AgentSpec, context: AgentContext, store: AgentStore,
+                         todo: list[str]) -> None:
+    """Score `todo` with each fold adapter in turn and store the clips' out-of-fold (labelled) or fold-mean (pool)
+    probabilities with every fold's."""
+    settings, fold_probs, fold_mass = _score_with_fold_adapters(spec, context, todo)
+    store.write_meta(spec.name, {**settings, "labelled_scores": labelled_scores(spec)})
+    fold_of = context.folds.of(todo)
+    probs = combine_folds(fold_probs, fold_of)
+    mass = combine_folds(fold_mass[..., None], fold_of)[:, 0]  # the same rule on the (n, K) label mass
+    for begin in range(0, len(todo), cfg.batch_size):
+        part = slice(begin, begin + cfg.batch_size)
+        store.append(spec.name, todo[part], probs[part], fold_probs[part],
+                     mass=None if np.isnan(mass[part]).all() else mass[part])
+
+
+def _label_agent(cfg: TeacherLabelConfig, spec: AgentSpec, context: AgentContext, store: AgentStore,
+                 todo: list[str]) -> None:
+    """Build one agent, store its scores of `todo` batch by batch, and release it even when scoring fails.
+
+    Raises NoLabelledEvidence (from the build) before anything is stored.
+    """
+    agent = build_agent(spec, context)
+    try:
         store.write_meta(spec.name, {**agent.settings(), "labelled_scores": labelled_scores(spec)})
+        if cfg.features.engine == "ray":  # the actors build their own replicas: free this one first
+            release(agent)
+            agent = None
         bar = tqdm(total=len(todo), desc=f"agent {spec.name}", unit="clip", disable=not cfg.progress)
-        for batch, probs, fold_probs in _scored_batches(cfg, spec, agent, todo):
-            store.append(spec.name, batch, probs, fold_probs)
+        for batch, probs, fold_probs, mass in _scored_batches(cfg, spec, agent, todo):
+            store.append(spec.name, batch, probs, fold_probs, mass=None if np.isnan(mass).all() else mass)
             bar.update(len(batch))
         bar.close()
-    if len(no_evidence) == len(cfg.agents):
-        raise ValueError(f"teacher-label: no agent has labelled evidence ({'; '.join(no_evidence.values())}); "
-                         "check the features stage's status.csv for the modalities the corpus has")
-    return TeacherLabelReport(scored=scored, skipped=skipped, elapsed=time.perf_counter() - start,
-                              no_evidence=no_evidence)
+    finally:
+        if agent is not None:
+            release(agent)

@@ -32,9 +32,9 @@ from clips.dataset import ClipRef
 from clips.labels import LABELS, NUM_LABELS
 from clips.media import decode_clip
 from llm.families import Family
-from llm.prompts import build_rationale_prompt, label_words
+from llm.prompts import build_rationale_prompt
 from llm.requests import ClipMedia, Request, build_request
-from llm.scoring import LabelScoring, plan_scoring
+from llm.scoring import LabelScoring
 from llm.views import clip_media
 from teacher.llm_options import LLMAgentOptions
 from teacher.spec import AgentSpec
@@ -77,7 +77,7 @@ class ClipRequests:
         if ref.path is None:
             return None
         clip = decode_clip(ref.path, name=ref.name, num_frames=self.options.num_frames,
-                           max_seconds=self.options.max_seconds)
+                           max_seconds=self.options.max_seconds, max_side=self.options.frame_side)
         return clip_media(clip, self.options.view, ref.transcript)
 
     def request(self, ref: ClipRef, question: str | None = None) -> Request | None:
@@ -95,9 +95,8 @@ class LLMAgent:
         self.name = name
         self.options = options
         self.clips = clips or {}
-        words = label_words(options.language)
-        self.scorer, processor = SCORER_BUILDERS[options.backend](
-            options, options.family_record(), lambda tokenizer: plan_scoring(words, tokenizer, options.scoring))
+        self.scorer, processor = SCORER_BUILDERS[options.backend](options, options.family_record(),
+                                                                  options.scoring_plan)
         self.requests = ClipRequests(options, processor)
 
     @property
@@ -106,10 +105,18 @@ class LLMAgent:
 
     def settings(self) -> dict[str, Any]:
         return {"kind": "llm", **dataclasses.asdict(self.options), "scoring_mode": self.plan.mode,
-                "label_words": list(self.plan.words), "label_first_ids": list(self.plan.first_ids)}
+                "label_words": list(self.plan.words), "answer_prefix": self.plan.prefix,
+                "label_token_ids": [list(ids) for ids in self.plan.variant_ids]}
 
     def score(self, names: Sequence[str]) -> np.ndarray:
+        """(n, 6) label probabilities; NaN rows for clips without the view's media."""
+        return self.score_with_mass(names)[0]
+
+    def score_with_mass(self, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """((n, 6) label probabilities, (n,) label mass: the probability the model put on any label token);
+        NaN rows and NaN mass for clips without the view's media."""
         out = np.full((len(names), NUM_LABELS), np.nan, dtype=np.float32)
+        mass = np.full(len(names), np.nan, dtype=np.float32)
         rows, requests = [], []
         for i, name in enumerate(names):
             ref = self.clips.get(name)
@@ -118,12 +125,18 @@ class LLMAgent:
                 rows.append(i)
                 requests.append(request)
         if requests:
-            out[rows] = self.scorer.score(requests)
+            out[rows], mass[rows] = self.scorer.scores(requests)
         missing = len(names) - len(rows)
         if missing:
             log.info("agent %s: %d of %d clips lack %s media: NaN rows", self.name, missing, len(names),
                      self.options.view)
-        return out
+        return out, mass
+
+    def close(self) -> None:
+        """Release the model (and shut a vLLM engine down) so the next agent can load; the agent is unusable after."""
+        scorer, self.scorer = self.scorer, None
+        if scorer is not None:
+            scorer.close()
 
 
 def build_llm_agent(spec, context) -> LLMAgent:
@@ -187,13 +200,18 @@ def ask_clip(path: Path, agents: Sequence[Any], question: str | None = None, tra
     answers = []
     for spec in agents:
         agent = LLMAgent(spec.name, LLMAgentOptions.from_options(spec.options, spec.name), {ref.name: ref})
-        probs = agent.score([ref.name])[0]
-        if np.isnan(probs).any():
-            answers.append(AskAnswer(spec.name, {}, f"no {agent.options.view} media in {path.name}"))
-            echo(f"{spec.name}: {answers[-1].text}")
-            continue
-        prompt = question or build_rationale_prompt(agent.options.language, agent.options.view)
-        text = agent.scorer.generate(agent.requests.request(ref, question=prompt), max_new_tokens)
+        try:
+            probs = agent.score([ref.name])[0]
+            if np.isnan(probs).any():
+                answers.append(AskAnswer(spec.name, {}, f"no {agent.options.view} media in {path.name}"))
+                echo(f"{spec.name}: {answers[-1].text}")
+                continue
+            prompt = question or build_rationale_prompt(agent.options.language, agent.options.view)
+            # the adapter taught a one-word answer: free text comes from the base model
+            text = agent.scorer.generate(agent.requests.request(ref, question=prompt), max_new_tokens,
+                                         adapter=False)
+        finally:
+            agent.close()
         answers.append(AskAnswer(spec.name, dict(zip(LABELS, map(float, probs), strict=True)), text))
         ranked = sorted(answers[-1].probs.items(), key=lambda kv: -kv[1])
         echo(f"{spec.name}: " + "  ".join(f"{label} {p:.3f}" for label, p in ranked))

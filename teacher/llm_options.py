@@ -43,6 +43,9 @@ class LLMAgentOptions:
     backend: str = "hf"
     # "auto" (first-token when label first tokens differ), "first_token" or "sequence"
     scoring: Literal["auto", "first_token", "sequence"] = "auto"
+    # prefill the answer ("Emotion:" / "情绪：") and sum every case/space spelling of a label; False scores the
+    # bare first tokens right after the assistant turn opens (the scheme before prefilling, kept to compare)
+    prefill: bool = True
     # "auto", "cpu", "cuda" or "cuda:N" (hf backend)
     device: str = "auto"
     # hf backend weights: none, 4bit or 8bit (bitsandbytes, CUDA)
@@ -51,6 +54,8 @@ class LLMAgentOptions:
     num_frames: int = 8
     # longest audio decoded, in seconds (Qwen2-Audio's window is 30 s)
     max_seconds: float = 30.0
+    # longer side of decoded frames in pixels, before the face crop or the processor's own resizing
+    frame_side: int = 448
     # video limits overriding the family's defaults (None keeps them)
     fps: float | None = None
     min_pixels: int | None = None
@@ -75,7 +80,7 @@ class LLMAgentOptions:
             problems.append(f"scoring={self.scoring!r}: use auto, first_token or sequence")
         if self.quantization not in ("none", "4bit", "8bit"):
             problems.append(f"quantization={self.quantization!r}: use none, 4bit or 8bit")
-        for name in ("batch_size", "num_frames"):
+        for name in ("batch_size", "num_frames", "frame_side"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: use a positive number")
         if self.max_seconds <= 0:
@@ -95,6 +100,12 @@ class LLMAgentOptions:
             return family
         overrides = {k: getattr(self, k) for k in ("fps", "min_pixels", "max_pixels") if getattr(self, k) is not None}
         return dataclasses.replace(family, video=dataclasses.replace(family.video, **overrides))
+
+    def scoring_plan(self, tokenizer):
+        """The LabelScoring of this agent's language, scoring mode and prefill choice on `tokenizer`."""
+        from llm.prompts import scoring_plan
+
+        return scoring_plan(self.language, tokenizer, self.scoring, self.prefill)
 
     def request_settings(self) -> RequestSettings:
         return RequestSettings(view=self.view, language=self.language, transcript=self.transcript)

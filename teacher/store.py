@@ -7,8 +7,11 @@ Usage:
     names, probs = store.read("audio")                        # (n,), (n, 6)
     store.append("audio", batch_names, batch_probs, fold_probs=batch_fold_probs)   # + (n, K, 6) per fold model
     store.matrix_folds(["audio"], pool_names, folds=5)        # (agents, clips, K, 6)
+    store.append("qwen-text", batch_names, batch_probs, mass=batch_mass)   # LLM agents: label mass too
+    names, mass = store.read_mass("qwen-text")                # (n,); NaN where a shard stored none
 
-Each agent has a folder of shards `part-XXXXXXXX.npz` (arrays `names`, `probs`), each written atomically, so a
+Each agent has a folder of shards `part-XXXXXXXX.npz` (arrays `names`, `probs`, and `mass` for LLM agents: the
+probability the model put on any label token, a confidence signal), each written atomically, so a
 kill -9 loses at most the batch in flight and a rerun skips every clip already stored. Rows of NaN mean the agent
 had no evidence for that clip (its modality is missing). An agent fitted per fold of the run's assignment also
 stores `fold_probs`, each fold model's probabilities; meta.json records (`labelled_scores`) whether its
@@ -113,8 +116,10 @@ class AgentStore:
         """Names already stored for `agent`."""
         return set(self.read(agent)[0])
 
-    def append(self, agent: str, names: list[str], probs: np.ndarray, fold_probs: np.ndarray | None = None) -> Path:
-        """Write one shard for a batch (with each fold model's (n, K, 6) `fold_probs` when given); returns its path."""
+    def append(self, agent: str, names: list[str], probs: np.ndarray, fold_probs: np.ndarray | None = None,
+               mass: np.ndarray | None = None) -> Path:
+        """Write one shard for a batch, with each fold model's (n, K, 6) `fold_probs` and the (n,) label `mass`
+        when given; returns its path."""
         probs = np.asarray(probs, dtype=np.float32)
         if probs.shape != (len(names), NUM_LABELS):
             raise ValueError(f"agent {agent!r}: probs of shape {probs.shape} for {len(names)} names")
@@ -125,11 +130,31 @@ class AgentStore:
                 raise ValueError(f"agent {agent!r}: fold_probs of shape {fold_probs.shape} for {len(names)} names; "
                                  f"give (n, folds, {NUM_LABELS})")
             arrays["fold_probs"] = fold_probs
+        if mass is not None:
+            arrays["mass"] = np.asarray(mass, dtype=np.float32)
+            if arrays["mass"].shape != (len(names),):
+                raise ValueError(f"agent {agent!r}: mass of shape {arrays['mass'].shape} for {len(names)} names")
         shards = self._shards(agent)
         index = int(_SHARD.match(shards[-1].name).group(1)) + 1 if shards else 0
         path = self.agent_dir(agent) / f"part-{index:08d}.npz"
         atomic_save_npz(path, **arrays)
         return path
+
+    def read_mass(self, agent: str) -> tuple[list[str], np.ndarray]:
+        """All stored (names, (n,) label mass) of `agent`, first occurrence kept; NaN for shards without mass."""
+        names: list[str] = []
+        blocks: list[np.ndarray] = []
+        seen: set[str] = set()
+        for shard in self._shards(agent):
+            data = load_npz(shard)
+            shard_names = [str(n) for n in data["names"]]
+            mass = data["mass"].astype(np.float32) if "mass" in data else np.full(len(shard_names), np.nan,
+                                                                                   np.float32)
+            keep = [i for i, n in enumerate(shard_names) if n not in seen]
+            seen.update(shard_names[i] for i in keep)
+            names.extend(shard_names[i] for i in keep)
+            blocks.append(mass[keep])
+        return names, np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
     def matrix(self, agents: list[str], names: list[str]) -> np.ndarray:
         """(agents, clips, 6) probabilities aligned with `names`; NaN where an agent has no row for a clip."""

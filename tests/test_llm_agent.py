@@ -41,7 +41,8 @@ def test_llm_agents_score_through_build_agent_with_nan_rows_for_missing_media(ti
     np.testing.assert_allclose(probs[[0, 1, 3]].sum(1), 1.0, atol=1e-5)
     assert np.isnan(probs[[2, 4]]).all()
     settings = audio.settings()
-    assert settings["scoring_mode"] == "first_token" and settings["label_words"][0] == "中性"
+    assert settings["scoring_mode"] == "first_token" and settings["label_words"][0] == "平静"
+    assert settings["answer_prefix"] == "情绪：" and settings["label_token_ids"][1] == [106353, 108299]  # 生气, 愤怒
     json.dumps(settings)  # stored beside the outputs
 
     frames = build_agent(_spec("qwen-frames", tiny_dirs["qwen2_5_vl"], "qwen2_5_vl", "frames", num_frames=4,
@@ -99,3 +100,44 @@ def test_ask_prints_probabilities_and_an_answer(tiny_dirs, refs):
     assert lines[1].startswith("qwen-audio says:")
     answers = ask_clip(refs["v0"].path, [spec], question="Is the speaker calm?", max_new_tokens=3, echo=lines.append)
     assert isinstance(answers[0].text, str) and lines[-1].startswith("qwen-audio says:")
+
+
+def test_teacher_label_holds_one_llm_model_at_a_time(tiny_dirs, refs, tmp_path, monkeypatch):
+    """Each agent is built, scores every clip and is released before the next is built; mass is stored."""
+    import gc
+    import weakref
+
+    from teacher import llm_agent
+    from teacher.label import TeacherLabelConfig, label_agents
+    from teacher.store import AgentStore
+
+    alive: list[weakref.ref] = []
+    live_at_build: list[int] = []
+    build_hf = llm_agent.SCORER_BUILDERS["hf"]
+
+    def counting(options, family, plan_for):
+        gc.collect()
+        live_at_build.append(sum(ref() is not None for ref in alive))
+        scorer, processor = build_hf(options, family, plan_for)
+        alive.append(weakref.ref(scorer.model))
+        return scorer, processor
+
+    monkeypatch.setitem(llm_agent.SCORER_BUILDERS, "hf", counting)
+    specs = [_spec(f"text-{i}", tiny_dirs["qwen2_5_text"], "qwen2_5_text", "text", language=language)
+             for i, language in enumerate(["zh", "en"])]
+    cfg = TeacherLabelConfig(data=tmp_path, run=tmp_path / "run", agents=specs, batch_size=3, progress=False)
+    names = sorted(refs)
+    scored, skipped, _ = label_agents(cfg, AgentContext(features=None, labels={}, clips=refs), names)
+    gc.collect()
+    assert live_at_build == [0, 0] and len(alive) == 2
+    assert all(ref() is None for ref in alive)  # the last one is released too
+    assert scored == {"text-0": 6, "text-1": 6} and skipped == {"text-0": 0, "text-1": 0}
+    store = AgentStore(tmp_path / "run" / "agents")
+    stored_names, mass = store.read_mass("text-0")
+    with_text = [i for i, n in enumerate(stored_names) if refs[n].transcript]
+    assert len(with_text) == 4 and np.isnan(np.delete(mass, with_text)).all()
+    assert ((mass[with_text] > 0) & (mass[with_text] < 1)).all()
+    # a rerun builds nothing: every clip is stored
+    live_at_build.clear()
+    assert label_agents(cfg, AgentContext(features=None, labels={}, clips=refs), names)[1] == {"text-0": 6, "text-1": 6}
+    assert live_at_build == []

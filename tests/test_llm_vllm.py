@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from llm.families import get_family
-from llm.prompts import label_words
+from llm.prompts import scoring_plan
 from llm.requests import Request
-from llm.scoring import plan_scoring
+from llm.scoring import first_token_scores
 from llm.vllm_backend import (
     engine_kwargs,
+    has_token_logprobs,
     parse_first_token,
     parse_sequence,
     sampling_params_kwargs,
@@ -46,30 +47,68 @@ def test_request_dicts_per_family():
 
 
 def test_sequence_requests_append_each_answer(qwen2_tok):
-    plan = plan_scoring(label_words("en"), qwen2_tok, "sequence")
+    plan = scoring_plan("en", qwen2_tok, "sequence")
     dicts = scoring_requests([_request(True, False)] * 2, get_family("qwen2_audio"), plan)
     assert len(dicts) == 12
-    assert dicts[7]["prompt"].endswith("assistant\nangry<|im_end|>")
+    assert dicts[7]["prompt"].endswith("assistant\nEmotion: angry<|im_end|>")
     assert sampling_params_kwargs(plan) == {"max_tokens": 1, "prompt_logprobs": 0, "temperature": 0.0}
+    first = scoring_plan("en", qwen2_tok)
+    assert scoring_requests([_request(False, False)], get_family("qwen2_5_text"), first)[0]["prompt"].endswith(
+        "assistant\nEmotion:")
 
 
-def test_parse_first_token_logprobs(qwen2_tok):
-    plan = plan_scoring(label_words("en"), qwen2_tok)
-    assert sampling_params_kwargs(plan) == {"max_tokens": 1, "logprobs": 20, "temperature": 0.0}
-    label_logp = np.log([0.4, 0.1, 0.2, 0.1, 0.05, 0.05])
-    top = {tok: _logprob(lp) for tok, lp in zip(plan.first_ids, label_logp, strict=True)}
-    top[11] = _logprob(np.log(0.05))  # a non-label token in the top-k
-    partial = {plan.first_ids[0]: _logprob(np.log(0.5)), 11: _logprob(np.log(0.1))}  # 5 labels outside the top-k
-    outputs = [SimpleNamespace(outputs=[SimpleNamespace(logprobs=[d])]) for d in (top, partial)]
-    probs, absent = parse_first_token(outputs, plan)
-    np.testing.assert_allclose(probs[0], np.array([0.4, 0.1, 0.2, 0.1, 0.05, 0.05]) / 0.9, rtol=1e-6)
-    np.testing.assert_allclose(probs[1], np.array([0.5, 0.1, 0.1, 0.1, 0.1, 0.1]) / 1.0, rtol=1e-6)
-    assert absent == 5
+def test_first_token_requests_ask_for_exactly_the_label_spellings(qwen2_tok):
+    plan = scoring_plan("en", qwen2_tok)
+    ids = list(plan.token_ids)
+    assert sampling_params_kwargs(plan) == {"max_tokens": 1, "temperature": 0.0, "logprob_token_ids": ids}
+    assert sampling_params_kwargs(plan, token_logprobs=False) == {
+        "max_tokens": 1, "temperature": 0.0, "allowed_token_ids": ids, "logprobs": len(ids)}
+    assert engine_kwargs("m", get_family("qwen2_5_text"), plan=plan)["max_logprobs"] == 20
+    restricted = engine_kwargs("m", get_family("qwen2_5_text"), plan=plan, token_logprobs=False)
+    assert restricted["logprobs_mode"] == "processed_logprobs"
+
+    class Old:  # a SamplingParams from before logprob_token_ids
+        def __init__(self, max_tokens=16, logprobs=None, allowed_token_ids=None):
+            pass
+
+    assert not has_token_logprobs(Old)
+    assert has_token_logprobs(SimpleNamespace(__struct_fields__=("logprobs", "logprob_token_ids")))
+
+
+def test_parse_first_token_logprobs_matches_the_full_distribution(qwen2_tok):
+    plan = scoring_plan("en", qwen2_tok)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, len(qwen2_tok))) * 3
+    logits[:, list(plan.token_ids)] += 4.0
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))     # what vLLM returns: raw logprobs
+    outputs = []
+    for row in logp:
+        returned = {t: _logprob(row[t]) for t in plan.token_ids}
+        returned[11] = _logprob(row[11])  # the sampled token rides along
+        outputs.append(SimpleNamespace(outputs=[SimpleNamespace(logprobs=[returned])]))
+    probs, mass = parse_first_token(outputs, plan)
+    expected_probs, expected_mass = first_token_scores(logits, plan)   # the transformers backend's computation
+    np.testing.assert_allclose(probs, expected_probs, rtol=1e-5)
+    np.testing.assert_allclose(mass, expected_mass, rtol=1e-5)
+    assert 0.0 < mass.min() and mass.max() < 1.0
+
+    # after allowed_token_ids the logprobs are renormalised over the spellings: same probabilities, no mass
+    label_total = [np.log(np.exp(row[list(plan.token_ids)]).sum()) for row in logp]
+    renormalised = [SimpleNamespace(outputs=[SimpleNamespace(logprobs=[
+        {t: _logprob(row[t] - total) for t in plan.token_ids}])]) for row, total in zip(logp, label_total)]
+    probs_r, mass_r = parse_first_token(renormalised, plan, restricted=True)
+    np.testing.assert_allclose(probs_r, expected_probs, rtol=1e-5)
+    assert np.isnan(mass_r).all()
+
+    missing = plan.token_ids[3]
+    del outputs[0].outputs[0].logprobs[0][missing]
+    with pytest.raises(ValueError, match=rf"output 0: vLLM returned no logprob for label token ids \[{missing}\]"):
+        parse_first_token(outputs, plan)
 
 
 def test_parse_sequence_prompt_logprobs(qwen2_tok):
-    plan = plan_scoring(label_words("en"), qwen2_tok, "sequence")
-    prompt_ids = [151644, 77091, 198]
+    plan = scoring_plan("en", qwen2_tok, "sequence")
+    prompt_ids = [151644, 77091, 198, 2269, 5956, 25]
     totals = np.log([0.5, 0.1, 0.1, 0.1, 0.1, 0.1]) - 3.0
     outputs = []
     for answer, total in zip(plan.answer_ids, totals, strict=True):
@@ -77,8 +116,9 @@ def test_parse_sequence_prompt_logprobs(qwen2_tok):
         shares = [total / len(answer)] * len(answer)   # the answer's log-likelihood split over its tokens
         per_token += [{tok: _logprob(lp), 5: _logprob(-9.0)} for tok, lp in zip(answer, shares, strict=True)]
         outputs.append(SimpleNamespace(prompt_token_ids=prompt_ids + list(answer), prompt_logprobs=per_token))
-    probs = parse_sequence(outputs, plan)
+    probs, mass = parse_sequence(outputs, plan)
     np.testing.assert_allclose(probs[0], [0.5, 0.1, 0.1, 0.1, 0.1, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(mass, [np.exp(-3.0)], rtol=1e-6)
     outputs[0].prompt_token_ids = prompt_ids + [1, 2]
     with pytest.raises(ValueError, match=r"does not end with the answer ids"):
         parse_sequence(outputs, plan)
@@ -100,10 +140,12 @@ def test_vllm_api_contract(qwen2_tok):
     from vllm import EngineArgs, SamplingParams
     from vllm.lora.request import LoRARequest
 
-    plan = plan_scoring(label_words("en"), qwen2_tok)
-    params = SamplingParams(**sampling_params_kwargs(plan))
-    assert params.max_tokens == 1 and params.logprobs == 20
-    sequence = plan_scoring(plan.words, qwen2_tok, "sequence")
+    plan = scoring_plan("en", qwen2_tok)
+    token_logprobs = has_token_logprobs(SamplingParams)
+    params = SamplingParams(**sampling_params_kwargs(plan, token_logprobs))
+    assert params.max_tokens == 1
+    assert (params.logprob_token_ids if token_logprobs else params.allowed_token_ids) == list(plan.token_ids)
+    sequence = scoring_plan("en", qwen2_tok, "sequence")
     assert SamplingParams(**sampling_params_kwargs(sequence)).prompt_logprobs == 0
     lora = LoRARequest("teacher", 1, "/tmp/adapter")
     assert lora.lora_int_id == 1

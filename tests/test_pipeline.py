@@ -12,7 +12,8 @@ from clips.labels import LABELS
 from clips.run import RunPaths
 from teacher.store import AgentStore
 
-COMMANDS = {"make-demo", "features", "teacher-label", "distill", "submit", "evaluate", "demo", "teacher-train", "ask"}
+COMMANDS = {"make-demo", "features", "teacher-label", "distill", "submit", "evaluate", "demo", "teacher-train", "ask",
+            "fetch-llm"}
 
 
 def _invoke(*args: str):
