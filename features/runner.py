@@ -12,6 +12,7 @@ gives that clip a missing vector, its modality's missing flag and the error mess
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import json
@@ -30,7 +31,16 @@ from clips import media
 from clips.dataset import ClipRef
 from clips.io import atomic_write_text, check_name, remove_partials
 from clips.status import format_status, merge_status, parse_status
-from features.base import Extractor, FeatureResult, cache_key, finite_vector, missing
+from features.base import (
+    DEFAULT_FRAME_SIDE,
+    Extractor,
+    FeatureResult,
+    cache_key,
+    finite_vector,
+    fit_frames,
+    frame_side,
+    missing,
+)
 from features.cache import clip_path, read_entry, refresh_index, write_entry, write_meta
 from features.registry import build_extractor
 
@@ -51,6 +61,8 @@ class ClipOutcome:
     errors: list[tuple[str, str]] = field(default_factory=list)
     # seconds spent decoding ("decode") and in each extractor (by cache key)
     seconds: dict[str, float] = field(default_factory=dict)
+    # the same parts in CPU seconds of the worker process (all its threads): what a part costs on a busy machine
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,6 +79,8 @@ class ExtractionReport:
     # seconds summed over clips: "decode" and one entry per cache key
     seconds: dict[str, float]
     cache_keys: list[str]
+    # CPU seconds of the worker processes summed over clips, by the same parts
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def clips_per_second(self) -> float:
@@ -90,6 +104,14 @@ def _checked(result: FeatureResult, dim: int) -> FeatureResult:
     return FeatureResult(finite_vector(vector, dim), tuple(result.status))
 
 
+def fit_clip(clip: media.DecodedClip, extractor: Extractor) -> media.DecodedClip:
+    """`clip` with frames no larger than the visual `extractor`'s frame_side (the decode side is the largest)."""
+    if extractor.modality != "visual" or clip.frames is None:
+        return clip
+    frames = fit_frames(clip.frames, frame_side(extractor))
+    return clip if frames is clip.frames else dataclasses.replace(clip, frames=frames)
+
+
 class ClipWorker:
     """Runs a fixed set of extractors on clips and writes their cache files; one per process."""
 
@@ -100,11 +122,15 @@ class ClipWorker:
         self.num_frames = num_frames
 
     def _decode(self, ref: ClipRef, todo: list[Extractor]) -> tuple[media.DecodedClip, str]:
-        """The decoded clip (or an empty one when no pending extractor needs media) and the decode error."""
-        if ref.path is None or all(e.modality == "text" for e in todo):
+        """The decoded clip (or an empty one when no pending extractor needs media) and the decode error.
+
+        Frames are decoded at the largest `frame_side` of the pending visual extractors.
+        """
+        if ref.path is None or all(e.modality == "text" and not getattr(e, "needs_audio", False) for e in todo):
             return _empty_clip(ref.name), ""
+        side = max((frame_side(e) for e in todo if e.modality == "visual"), default=DEFAULT_FRAME_SIDE)
         try:
-            clip = media.decode_clip(Path(ref.path), name=ref.name, num_frames=self.num_frames)
+            clip = media.decode_clip(Path(ref.path), name=ref.name, num_frames=self.num_frames, max_side=side)
         except NotImplementedError:
             raise
         except Exception as err:  # decode_clip should flag broken files itself; this is the last resort
@@ -129,11 +155,10 @@ class ClipWorker:
             ]
             return ClipOutcome(name, computed=False, status=merge_status(*flags))
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         clip, decode_error = self._decode(ref, todo)
-        outcome = ClipOutcome(
-            name, computed=True, status=(), seconds={"decode": time.perf_counter() - started}
-        )
+        outcome = ClipOutcome(name, computed=True, status=(), seconds={"decode": time.perf_counter() - started},
+                              cpu_seconds={"decode": time.process_time() - cpu})
         if decode_error:
             outcome.errors.append(("decode", decode_error))
         clip_status = merge_status(ref.status, clip.status)
@@ -142,15 +167,16 @@ class ClipWorker:
             if entry is not None:
                 flags.append(entry.status)
                 continue
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             error = ""
             try:
-                result = _checked(extractor.extract(clip, ref.transcript), extractor.dim)
+                result = _checked(extractor.extract(fit_clip(clip, extractor), ref.transcript), extractor.dim)
             except Exception as err:  # one broken clip must not stop a 120,000-clip run
                 error = f"{type(err).__name__}: {err}"
                 result = missing(extractor.modality)
                 outcome.errors.append((key, error))
             outcome.seconds[key] = time.perf_counter() - started
+            outcome.cpu_seconds[key] = time.process_time() - cpu
             # only an extractor's own crash is stored as an error (and retried by a rerun); a file that does not
             # decode is a finished clip whose status says so, or every later stage would decode it again
             write_entry(path, result, extractor.dim, clip_status, error)
@@ -279,6 +305,7 @@ class RayClipWorker:
             "status": [format_status(o.status) for o in outcomes],
             "errors": [json.dumps(o.errors) for o in outcomes],
             "seconds": [json.dumps(o.seconds) for o in outcomes],
+            "cpu_seconds": [json.dumps(o.cpu_seconds) for o in outcomes],
         }
 
 
@@ -301,7 +328,8 @@ def _outcomes_ray(
     )
     for row in dataset.iter_rows():
         yield ClipOutcome(str(row["name"]), bool(row["computed"]), parse_status(str(row["status"])),
-                          [tuple(e) for e in json.loads(row["errors"])], json.loads(row["seconds"]))
+                          [tuple(e) for e in json.loads(row["errors"])], json.loads(row["seconds"]),
+                          json.loads(row["cpu_seconds"]))
 
 
 def extract_features(
@@ -355,6 +383,7 @@ def extract_features(
     statuses: dict[str, tuple[str, ...]] = {}
     status_counts: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
+    cpu_seconds: Counter[str] = Counter()
     errors: list[tuple[str, str, str]] = []
     processed = skipped = 0
     run_todo = _outcomes_ray if engine == "ray" else _outcomes
@@ -363,6 +392,7 @@ def extract_features(
         statuses[outcome.name] = outcome.status
         status_counts.update(outcome.status or ("ok",))
         seconds.update(outcome.seconds)
+        cpu_seconds.update(outcome.cpu_seconds)
         errors.extend((outcome.name, key, message) for key, message in outcome.errors)
         processed += outcome.computed
         skipped += not outcome.computed
@@ -378,5 +408,6 @@ def extract_features(
         errors=errors,
         elapsed=time.perf_counter() - started,
         seconds=dict(seconds),
+        cpu_seconds=dict(cpu_seconds),
         cache_keys=keys,
     )
