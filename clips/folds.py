@@ -36,7 +36,8 @@ FOLDS_JSON = "folds.json"
 def stratified_folds(labels: Sequence[int] | np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
     """(n,) fold index in [0, folds) of each clip: stratified by `labels` (label indices), shuffled by `seed`.
 
-    A class with fewer clips than folds is spread over as many folds as it has clips.
+    A class with fewer clips than folds is spread over as many folds as it has clips; when no class fills every
+    fold the split is a seeded permutation, unstratified.
     Raises ValueError when there are fewer clips than folds or fewer than 2 folds.
     """
     labels = np.asarray(labels, dtype=np.int64)
@@ -45,6 +46,10 @@ def stratified_folds(labels: Sequence[int] | np.ndarray, folds: int = 5, seed: i
     if len(labels) < folds:
         raise ValueError(f"{len(labels)} labelled clip(s) cannot fill folds={folds}; lower folds")
     fold_of = np.empty(len(labels), dtype=np.int64)
+    if np.bincount(labels).max() < folds:
+        # no class fills every fold (a handful of clips): a seeded permutation cut into near-equal parts
+        fold_of[np.random.default_rng(seed).permutation(len(labels))] = np.arange(len(labels)) % folds
+        return fold_of
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)

@@ -221,7 +221,8 @@ def test_submit_predicts_every_candidate_with_fallbacks(bad_run, tmp_path: Path)
     run = tmp_path / "run"
     shutil.copytree(features_run, run)
     config = tmp_path / "distill.yaml"
-    config.write_text("student:\n  folds: 2\n  epochs: 2\n  hidden: 16\n", "utf-8")
+    # the run's fold assignment has 2 folds; the student follows it
+    config.write_text("folds: 2\nstudent:\n  folds: 2\n  epochs: 2\n  hidden: 16\n", "utf-8")
     invoke("distill", "--data", data, "--run", run, "--no-pseudo", "--config", config, "--quiet")
     candidates = tmp_path / "candidates.csv"
     names = [*EXPECTED_POOL, "ghost_without_media", "lab_no_media"]
