@@ -29,6 +29,9 @@ VIEW_MEDIA: dict[str, tuple[bool, bool]] = {
     "text": (False, False),
 }
 
+# what a content part's media key holds: the media travel beside the prompt, never through the template
+MEDIA_PLACEHOLDER = "clip"
+
 _LM_PROJ = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
@@ -75,11 +78,12 @@ class Family:
         if self.media == "text":
             return [{"role": "user", "content": prompt}]
         content: list[dict[str, Any]] = []
-        # Omni: separate <|VIDEO|> and <|AUDIO|> segments, video first as in the Qwen2.5-Omni examples
+        # Omni: separate <|VIDEO|> and <|AUDIO|> segments, video first as in the Qwen2.5-Omni examples. Each part
+        # carries its key as well as its type: the official Qwen2-Audio template tests `'audio' in content`.
         if video:
-            content.append({"type": "video"})
+            content.append({"type": "video", "video": MEDIA_PLACEHOLDER})
         if audio:
-            content.append({"type": "audio"})
+            content.append({"type": "audio", "audio": MEDIA_PLACEHOLDER})
         content.append({"type": "text", "text": prompt})
         return [{"role": "user", "content": content}]
 

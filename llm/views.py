@@ -56,4 +56,4 @@ def clip_media(clip: DecodedClip, view: str, transcript: str | None = None) -> C
     frames = clip.frames
     if view == "face" and frames is not None:
         frames = face_crops(frames)
-    return ClipMedia(name=clip.name, audio=clip.audio, frames=frames, transcript=transcript)
+    return ClipMedia(name=clip.name, audio=clip.audio, frames=frames, transcript=transcript, duration=clip.duration)

@@ -45,7 +45,7 @@ def vllm_request(request: Request, family: Family, suffix: str = "") -> dict[str
     if request.video is not None:
         data["video"] = request.video  # (T, H, W, 3) uint8
         limits = family.video
-        kwargs.update(fps=limits.fps, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels)
+        kwargs.update(fps=request.fps or limits.fps, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels)
     if family.name == "qwen2_5_omni" and request.audio is not None and request.video is not None:
         # separate <|AUDIO|> and <|VIDEO|> segments, not the audio track interleaved into the video
         kwargs["use_audio_in_video"] = False
