@@ -72,6 +72,8 @@ class Family:
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
     # module names of the audio/vision encoders and projectors: kept unquantised by QLoRA, never LoRA targets
     towers: tuple[str, ...] = ()
+    # prefix vLLM's loader puts before the trained model's module names (None: the names match as they are)
+    vllm_adapter_prefix: str | None = None
 
     def conversation(self, prompt: str, audio: bool, video: bool) -> list[dict[str, Any]]:
         """Chat messages for one clip: media parts first, then the question text."""
@@ -128,6 +130,8 @@ def _qwen2_5_omni() -> Family:
                            "audio": "<|audio_bos|><|AUDIO|><|audio_eos|>"},
         processor_kwargs={"sampling_rate": 16_000},
         towers=("audio_tower", "visual"),
+        # vLLM serves the thinker out of a full Omni checkpoint: its modules sit under `thinker.`
+        vllm_adapter_prefix="thinker.",
     )
 
 

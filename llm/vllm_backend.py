@@ -201,6 +201,10 @@ class VLLMScorer:
         if not self.token_logprobs:
             log.warning("this vLLM has no SamplingParams.logprob_token_ids: label scores are read after restricting "
                         "the token to the labels; they match the transformers backend, the label mass is NaN")
+        if adapter is not None:
+            from llm.adapters import check_vllm_adapter
+
+            check_vllm_adapter(adapter, family)
         rank = _adapter_rank(adapter) if adapter is not None else 16
         self.llm = LLM(**engine_kwargs(model, family, adapter, rank, engine, plan, self.token_logprobs))
         self.params = SamplingParams(**sampling_params_kwargs(plan, self.token_logprobs))

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from clips.config import to_dict
 from clips.dataset import ClipRef, load_corpus
 from clips.labels import LABELS, label_index
+from llm.adapters import vllm_adapter
 from llm.hf_backend import (
     HFScorer,
     answer_logprobs,
@@ -243,6 +244,8 @@ def train_teacher(cfg: TeacherTrainConfig, labelled: list[ClipRef]) -> TeacherTr
     out = Path(cfg.out)
     adapter_dir = out / "adapter"
     model.save_pretrained(adapter_dir)
+    if family.vllm_adapter_prefix:  # the keys vLLM's loader maps (Omni: under thinker.)
+        vllm_adapter(adapter_dir, out / "adapter-vllm", family)
     merged_dir = export_merged(cfg.teacher.model, adapter_dir, out / "merged", family, processor) if cfg.merge else None
     report = TeacherTrainReport(adapter_dir=adapter_dir, merged_dir=merged_dir, waf=waf, accuracy=accuracy,
                                 losses=losses, train_clips=len(train), held_clips=len(held),
