@@ -152,12 +152,10 @@ def _answer_loss(model, processor, family, plan: LabelScoring, batch: list[tuple
 
 
 def _requests(maker: ClipRequests, refs: list[ClipRef]) -> tuple[list[tuple[Request, int]], int]:
-    """(request, label index) of each clip that has the view's media, and the count skipped."""
-    out = []
-    for ref in refs:
-        request = maker.request(ref)
-        if request is not None:
-            out.append((request, label_index(ref.label)))
+    """(request, label index) of each clip that has the view's media, and the count skipped (clips decoded by
+    the worker processes, through the shared media cache when the teacher options name one)."""
+    out = [(request, label_index(ref.label)) for ref, request in zip(refs, maker.requests(refs), strict=True)
+           if request is not None]
     return out, len(refs) - len(out)
 
 
