@@ -115,7 +115,10 @@ class LLMAgent:
         return self.scorer.plan
 
     def settings(self) -> dict[str, Any]:
-        return {"kind": "llm", **dataclasses.asdict(self.options), "scoring_mode": self.plan.mode,
+        # how clips are decoded in parallel, and where decoded media are kept, does not change the scores
+        options = {k: v for k, v in dataclasses.asdict(self.options).items() if k not in ("decode_workers",
+                                                                                          "media_cache")}
+        return {"kind": "llm", **options, "scoring_mode": self.plan.mode,
                 "label_words": list(self.plan.words), "answer_prefix": self.plan.prefix,
                 "label_token_ids": [list(ids) for ids in self.plan.variant_ids]}
 
