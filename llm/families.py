@@ -29,6 +29,9 @@ VIEW_MEDIA: dict[str, tuple[bool, bool]] = {
     "text": (False, False),
 }
 
+# what a content part's media key holds: the media travel beside the prompt, never through the template
+MEDIA_PLACEHOLDER = "clip"
+
 _LM_PROJ = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
@@ -69,17 +72,20 @@ class Family:
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
     # module names of the audio/vision encoders and projectors: kept unquantised by QLoRA, never LoRA targets
     towers: tuple[str, ...] = ()
+    # prefix vLLM's loader puts before the trained model's module names (None: the names match as they are)
+    vllm_adapter_prefix: str | None = None
 
     def conversation(self, prompt: str, audio: bool, video: bool) -> list[dict[str, Any]]:
         """Chat messages for one clip: media parts first, then the question text."""
         if self.media == "text":
             return [{"role": "user", "content": prompt}]
         content: list[dict[str, Any]] = []
-        # Omni: separate <|VIDEO|> and <|AUDIO|> segments, video first as in the Qwen2.5-Omni examples
+        # Omni: separate <|VIDEO|> and <|AUDIO|> segments, video first as in the Qwen2.5-Omni examples. Each part
+        # carries its key as well as its type: the official Qwen2-Audio template tests `'audio' in content`.
         if video:
-            content.append({"type": "video"})
+            content.append({"type": "video", "video": MEDIA_PLACEHOLDER})
         if audio:
-            content.append({"type": "audio"})
+            content.append({"type": "audio", "audio": MEDIA_PLACEHOLDER})
         content.append({"type": "text", "text": prompt})
         return [{"role": "user", "content": content}]
 
@@ -124,6 +130,8 @@ def _qwen2_5_omni() -> Family:
                            "audio": "<|audio_bos|><|AUDIO|><|audio_eos|>"},
         processor_kwargs={"sampling_rate": 16_000},
         towers=("audio_tower", "visual"),
+        # vLLM serves the thinker out of a full Omni checkpoint: its modules sit under `thinker.`
+        vllm_adapter_prefix="thinker.",
     )
 
 

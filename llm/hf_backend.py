@@ -138,14 +138,24 @@ def load_weights(model: str | Path, family: Family, adapter: str | Path | None =
 
 
 def encode(processor, family: Family, texts: Sequence[str], audios: Sequence[np.ndarray] | None = None,
-           videos: Sequence[np.ndarray] | None = None, video_kwargs: dict | None = None):
-    """Processor call for a batch: tokens (left padded) plus audio features and video patches as given."""
+           videos: Sequence[np.ndarray] | None = None, video_kwargs: dict | None = None,
+           fps: Sequence[float | None] | None = None):
+    """Processor call for a batch: tokens (left padded) plus audio features and video patches as given.
+
+    `fps` (one per video, None for the family's default) sets the temporal position scale: Qwen2.5-VL reads it
+    from per-video metadata (a bare `fps` argument is ignored there and 24 fps assumed); the Omni processor takes
+    one `fps` per call, so a batch gets its mean.
+    """
     kwargs = {"text": list(texts), "return_tensors": "pt", "padding": True}
     if audios:
         kwargs.update(audio=list(audios), **family.processor_kwargs)
     if videos:
         limits = family.video
-        kwargs.update(videos=list(videos), fps=limits.fps, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels)
+        rates = [rate or limits.fps for rate in (fps or [None] * len(videos))]
+        kwargs.update(videos=list(videos), fps=float(np.mean(rates)), min_pixels=limits.min_pixels,
+                      max_pixels=limits.max_pixels,
+                      video_metadata=[{"fps": rate, "total_num_frames": len(video)}
+                                      for rate, video in zip(rates, videos, strict=True)])
         kwargs.update(video_kwargs or {})
     return processor(**kwargs)
 
@@ -159,7 +169,8 @@ def encode_requests(processor, family: Family, requests: Sequence[Request], suff
     videos = [r.video for r in requests if r.video is not None]
     if (audios and len(audios) != len(requests)) or (videos and len(videos) != len(requests)):
         raise ValueError("a batch mixes clips with and without a medium; build the requests of one view per batch")
-    return encode(processor, family, texts, audios, videos, video_kwargs)
+    return encode(processor, family, texts, audios, videos, video_kwargs,
+                  [r.fps for r in requests] if videos else None)
 
 
 @contextmanager

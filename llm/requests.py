@@ -5,6 +5,7 @@ Usage:
     request = build_request(family, processor, media, RequestSettings(view="face", language="en"))
     request.prompt       # chat template applied, ends with "<|im_start|>assistant\n"; one placeholder per medium
     request.audio        # (samples,) float32 16 kHz or None;  request.video: (T, H, W, 3) uint8 or None
+    request.fps          # T / clip duration: 8 frames of a 5 s clip stand for 1.6 fps, not a fixed 2.0
 
 build_request returns None when the view needs a medium the clip lacks: the agent then gives the clip a NaN row.
 The prompt text is the same for both backends: the HF processor expands its placeholders into feature tokens,
@@ -32,6 +33,8 @@ class ClipMedia:
     frames: np.ndarray | None
     # cleaned transcript, or None
     transcript: str | None = None
+    # seconds the frames span (the decoded clip's duration), or None when unknown
+    duration: float | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class Request:
     audio: np.ndarray | None
     # (T, H, W, 3) uint8, T even (Qwen video patches span 2 frames)
     video: np.ndarray | None
+    # frames per second the sampled frames stand for: their count over the clip's duration (None: the family's)
+    fps: float | None = None
 
 
 def build_request(family: Family, processor, media: ClipMedia, settings: RequestSettings,
@@ -77,7 +82,15 @@ def build_request(family: Family, processor, media: ClipMedia, settings: Request
     conversation = family.conversation(text, audio=wants_audio, video=wants_video)
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     return Request(name=media.name, prompt=prompt, audio=media.audio if wants_audio else None,
-                   video=even_frames(media.frames) if wants_video else None)
+                   video=even_frames(media.frames) if wants_video else None,
+                   fps=frame_rate(media) if wants_video else None)
+
+
+def frame_rate(media: ClipMedia) -> float | None:
+    """Sampled frames per second of clip time: T frames spread uniformly over the duration; None when unknown."""
+    if media.frames is None or not media.duration or media.duration <= 0:
+        return None
+    return len(media.frames) / media.duration
 
 
 def even_frames(frames: np.ndarray) -> np.ndarray:

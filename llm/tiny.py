@@ -36,14 +36,15 @@ _GEN = "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 TEXT_TEMPLATE = (
     "{% for message in messages %}" + _SYSTEM
     + "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}" + _GEN)
+# Qwen2-Audio-7B-Instruct's own template: it recognises an audio part by its `audio` key, not by its type
 AUDIO_TEMPLATE = (
     "{% set audio_count = namespace(value=0) %}{% for message in messages %}" + _SYSTEM
     + "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
     "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'audio' %}{% set audio_count.value = audio_count.value + 1 %}"
+    "{% if 'audio' in content or 'audio_url' in content %}{% set audio_count.value = audio_count.value + 1 %}"
     "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
-    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}" + _GEN)
 VL_TEMPLATE = (
     "{% for message in messages %}" + _SYSTEM + "<|im_start|>{{ message['role'] }}\n"

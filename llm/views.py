@@ -51,9 +51,15 @@ def face_crops(frames: np.ndarray, size: int = FACE_SIZE) -> np.ndarray | None:
     return np.stack(crops) if crops else None
 
 
+def view_media(name: str, decoded, view: str, transcript: str | None = None) -> ClipMedia:
+    """The ClipMedia of llm.decoded.DecodedMedia for `view` (its face crops for "face")."""
+    frames = decoded.faces if view == "face" else decoded.frames
+    return ClipMedia(name=name, audio=decoded.audio, frames=frames, transcript=transcript, duration=decoded.duration)
+
+
 def clip_media(clip: DecodedClip, view: str, transcript: str | None = None) -> ClipMedia:
     """The ClipMedia of a decoded clip for `view` (frames become face crops for "face")."""
     frames = clip.frames
     if view == "face" and frames is not None:
         frames = face_crops(frames)
-    return ClipMedia(name=clip.name, audio=clip.audio, frames=frames, transcript=transcript)
+    return ClipMedia(name=clip.name, audio=clip.audio, frames=frames, transcript=transcript, duration=clip.duration)

@@ -45,7 +45,7 @@ def vllm_request(request: Request, family: Family, suffix: str = "") -> dict[str
     if request.video is not None:
         data["video"] = request.video  # (T, H, W, 3) uint8
         limits = family.video
-        kwargs.update(fps=limits.fps, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels)
+        kwargs.update(fps=request.fps or limits.fps, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels)
     if family.name == "qwen2_5_omni" and request.audio is not None and request.video is not None:
         # separate <|AUDIO|> and <|VIDEO|> segments, not the audio track interleaved into the video
         kwargs["use_audio_in_video"] = False
@@ -201,6 +201,10 @@ class VLLMScorer:
         if not self.token_logprobs:
             log.warning("this vLLM has no SamplingParams.logprob_token_ids: label scores are read after restricting "
                         "the token to the labels; they match the transformers backend, the label mass is NaN")
+        if adapter is not None:
+            from llm.adapters import check_vllm_adapter
+
+            check_vllm_adapter(adapter, family)
         rank = _adapter_rank(adapter) if adapter is not None else 16
         self.llm = LLM(**engine_kwargs(model, family, adapter, rank, engine, plan, self.token_logprobs))
         self.params = SamplingParams(**sampling_params_kwargs(plan, self.token_logprobs))

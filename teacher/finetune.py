@@ -33,6 +33,7 @@ from clips.config import to_dict
 from clips.dataset import ClipRef, load_corpus
 from clips.folds import run_folds
 from clips.labels import LABELS, label_index
+from llm.adapters import vllm_adapter
 from llm.hf_backend import (
     HFScorer,
     answer_logprobs,
@@ -182,12 +183,10 @@ def _answer_loss(model, processor, family, plan: LabelScoring, batch: list[tuple
 
 
 def _requests(maker: ClipRequests, refs: list[ClipRef]) -> tuple[list[tuple[Request, int]], int]:
-    """(request, label index) of each clip that has the view's media, and the count skipped."""
-    out = []
-    for ref in refs:
-        request = maker.request(ref)
-        if request is not None:
-            out.append((request, label_index(ref.label)))
+    """(request, label index) of each clip that has the view's media, and the count skipped (clips decoded by
+    the worker processes, through the shared media cache when the teacher options name one)."""
+    out = [(request, label_index(ref.label)) for ref, request in zip(refs, maker.requests(refs), strict=True)
+           if request is not None]
     return out, len(refs) - len(out)
 
 
@@ -277,6 +276,8 @@ def train_teacher(cfg: TeacherTrainConfig, labelled: list[ClipRef],
     out = Path(cfg.out)
     adapter_dir = out / "adapter"
     model.save_pretrained(adapter_dir)
+    if family.vllm_adapter_prefix:  # the keys vLLM's loader maps (Omni: under thinker.)
+        vllm_adapter(adapter_dir, out / "adapter-vllm", family)
     merged_dir = export_merged(cfg.teacher.model, adapter_dir, out / "merged", family, processor) if cfg.merge else None
     report = TeacherTrainReport(adapter_dir=adapter_dir, merged_dir=merged_dir, waf=waf, accuracy=accuracy,
                                 losses=losses, train_clips=len(train), held_clips=len(held),

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,12 @@ import numpy as np
 
 from clips.dataset import ClipRef
 from clips.labels import LABELS, NUM_LABELS
-from clips.media import decode_clip
+from llm.decoded import DecodedCache, DecodedMedia
 from llm.families import Family
 from llm.prompts import build_rationale_prompt
 from llm.requests import ClipMedia, Request, build_request
 from llm.scoring import LabelScoring
-from llm.views import clip_media
+from llm.views import view_media
 from teacher.llm_options import LLMAgentOptions
 from teacher.spec import AgentSpec
 
@@ -63,29 +63,40 @@ SCORER_BUILDERS: dict[str, Callable] = {"hf": _hf_scorer, "vllm": _vllm_scorer}
 
 
 class ClipRequests:
-    """Builds an llm agent's model requests from ClipRefs: decode, cut the view, apply the chat template."""
+    """Builds an llm agent's model requests from ClipRefs: decode (cached, in worker processes), cut the view,
+    apply the chat template."""
 
     def __init__(self, options: LLMAgentOptions, processor):
         self.options = options
         self.family = options.family_record()
         self.processor = processor
+        folder = Path(options.media_cache) if options.media_cache else None
+        self.cache = DecodedCache(folder, options.decode_settings(), options.decode_workers)
 
-    def media(self, ref: ClipRef) -> ClipMedia | None:
-        """The clip's media for the view; None when the file is missing or unreadable."""
+    def media(self, ref: ClipRef, decoded: DecodedMedia | None = None) -> ClipMedia | None:
+        """The clip's media for the view (decoded here unless given); None when the file is missing or unreadable."""
         if self.options.view == "text":
             return ClipMedia(name=ref.name, audio=None, frames=None, transcript=ref.transcript)
         if ref.path is None:
             return None
-        clip = decode_clip(ref.path, name=ref.name, num_frames=self.options.num_frames,
-                           max_seconds=self.options.max_seconds, max_side=self.options.frame_side)
-        return clip_media(clip, self.options.view, ref.transcript)
+        decoded = decoded if decoded is not None else self.cache.media(ref)
+        return view_media(ref.name, decoded, self.options.view, ref.transcript)
 
-    def request(self, ref: ClipRef, question: str | None = None) -> Request | None:
+    def request(self, ref: ClipRef, question: str | None = None, decoded: DecodedMedia | None = None
+                ) -> Request | None:
         """The model request of one clip, or None without the view's media."""
-        media = self.media(ref)
+        media = self.media(ref, decoded)
         if media is None:
             return None
         return build_request(self.family, self.processor, media, self.options.request_settings(), question)
+
+    def requests(self, refs: Sequence[ClipRef]) -> Iterator[Request | None]:
+        """The requests of `refs` in order, their clips decoded ahead by the worker processes."""
+        if self.options.view == "text":
+            yield from (self.request(ref) for ref in refs)
+            return
+        for ref, decoded in zip(refs, self.cache.iter_media(refs), strict=True):
+            yield self.request(ref, decoded=decoded) if decoded is not None else None
 
 
 class LLMAgent:
@@ -104,7 +115,10 @@ class LLMAgent:
         return self.scorer.plan
 
     def settings(self) -> dict[str, Any]:
-        return {"kind": "llm", **dataclasses.asdict(self.options), "scoring_mode": self.plan.mode,
+        # how clips are decoded in parallel, and where decoded media are kept, does not change the scores
+        options = {k: v for k, v in dataclasses.asdict(self.options).items() if k not in ("decode_workers",
+                                                                                          "media_cache")}
+        return {"kind": "llm", **options, "scoring_mode": self.plan.mode,
                 "label_words": list(self.plan.words), "answer_prefix": self.plan.prefix,
                 "label_token_ids": [list(ids) for ids in self.plan.variant_ids]}
 
@@ -117,16 +131,19 @@ class LLMAgent:
         NaN rows and NaN mass for clips without the view's media."""
         out = np.full((len(names), NUM_LABELS), np.nan, dtype=np.float32)
         mass = np.full(len(names), np.nan, dtype=np.float32)
+        known = [(i, self.clips[name]) for i, name in enumerate(names) if name in self.clips]
         rows, requests = [], []
-        for i, name in enumerate(names):
-            ref = self.clips.get(name)
-            request = self.requests.request(ref) if ref is not None else None
+        chunk = 4 * self.options.batch_size  # scored while the workers decode the next clips
+        for (i, _), request in zip(known, self.requests.requests([ref for _, ref in known]), strict=True):
             if request is not None:
                 rows.append(i)
                 requests.append(request)
+            if len(requests) == chunk:
+                out[rows], mass[rows] = self.scorer.scores(requests)
+                rows, requests = [], []
         if requests:
             out[rows], mass[rows] = self.scorer.scores(requests)
-        missing = len(names) - len(rows)
+        missing = int(np.isnan(out[:, 0]).sum())
         if missing:
             log.info("agent %s: %d of %d clips lack %s media: NaN rows", self.name, missing, len(names),
                      self.options.view)

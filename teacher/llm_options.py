@@ -56,6 +56,10 @@ class LLMAgentOptions:
     max_seconds: float = 30.0
     # longer side of decoded frames in pixels, before the face crop or the processor's own resizing
     frame_side: int = 448
+    # worker processes decoding clips ahead of the model (0: decode in the scoring process)
+    decode_workers: int = 2
+    # folder of decoded media shared by a run's agents and teacher-train (llm.decoded); None keeps none on disk
+    media_cache: str | None = None
     # video limits overriding the family's defaults (None keeps them)
     fps: float | None = None
     min_pixels: int | None = None
@@ -80,6 +84,8 @@ class LLMAgentOptions:
             problems.append(f"scoring={self.scoring!r}: use auto, first_token or sequence")
         if self.quantization not in ("none", "4bit", "8bit"):
             problems.append(f"quantization={self.quantization!r}: use none, 4bit or 8bit")
+        if self.decode_workers < 0:
+            problems.append(f"decode_workers={self.decode_workers}: use 0 or more worker processes")
         for name in ("batch_size", "num_frames", "frame_side"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: use a positive number")
@@ -106,6 +112,13 @@ class LLMAgentOptions:
         from llm.prompts import scoring_plan
 
         return scoring_plan(self.language, tokenizer, self.scoring, self.prefill)
+
+    def decode_settings(self):
+        """What this agent decodes of a clip (llm.decoded.DecodeSettings): the cache key of its media."""
+        from llm.decoded import DecodeSettings
+
+        return DecodeSettings(num_frames=self.num_frames, max_seconds=self.max_seconds, frame_side=self.frame_side,
+                              faces=self.view == "face")
 
     def request_settings(self) -> RequestSettings:
         return RequestSettings(view=self.view, language=self.language, transcript=self.transcript)

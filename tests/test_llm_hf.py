@@ -1,3 +1,4 @@
+import json
 import re
 
 import numpy as np
@@ -171,3 +172,30 @@ def test_qlora_keeps_the_towers_and_the_output_layer_unquantised(tiny_dirs, tiny
     assert len(four_bit) == 2 * 7  # 2 layers x q, k, v, o, gate, up, down
     assert not any(issubclass(kinds[n], bnb.nn.Linear4bit) for n in kinds if "audio_tower" in n
                    or "multi_modal_projector" in n or n.endswith("lm_head"))
+
+
+def test_omni_adapter_is_renamed_for_vllm_and_a_bare_one_refused(tiny_dirs, tiny_family, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+
+    from llm.adapters import adapter_keys, check_vllm_adapter, vllm_adapter
+
+    family = tiny_family("qwen2_5_omni")
+    base = load_weights(tiny_dirs["qwen2_5_omni"], family, device="cpu")
+    tuned = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=family.lora_targets,
+                                            init_lora_weights=False))
+    tuned.save_pretrained(tmp_path / "adapter")
+    keys = adapter_keys(tmp_path / "adapter")
+    assert len(keys) == 2 * 7 * 2 and all(k.startswith("base_model.model.model.layers.") for k in keys)
+    with pytest.raises(ValueError, match=r"lack the 'thinker.' prefix that vLLM's "
+                                         r"Qwen2_5OmniThinkerForConditionalGeneration maps"):
+        check_vllm_adapter(tmp_path / "adapter", family)
+    out = vllm_adapter(tmp_path / "adapter", tmp_path / "adapter-vllm", family)
+    check_vllm_adapter(out, family)
+    renamed = load_file(out / "adapter_model.safetensors")
+    original = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    key = "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"
+    assert torch.equal(renamed["base_model.model.thinker.model.layers.1.mlp.down_proj.lora_B.weight"], original[key])
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["target_modules"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    check_vllm_adapter(tmp_path / "adapter", tiny_family("qwen2_5_vl"))  # no prefix needed there
