@@ -275,3 +275,24 @@ def _llm_context(data: Path):
 
     corpus = load_corpus(data)
     return AgentContext(features=None, labels={}, clips={r.name: r for r in corpus.all()})
+
+
+def test_ablation_rows_are_mean_and_sd_over_student_seeds(shuffled, tmp_path: Path):
+    from dataclasses import replace
+
+    from student.distill import ablation_markdown
+
+    data, run = shuffled
+    report = distill(DistillConfig(data=data, run=run, student=replace(STUDENT, epochs=4), report=True, seeds=2,
+                                   hidden_labels=data / "hidden-labels.csv", out=tmp_path / "s", progress=False))
+    assert [r.variant for r in report.ablation] == ["labelled only", "+ pseudo, fixed 0.95",
+                                                    "+ pseudo, chosen filter", "+ soft targets",
+                                                    "+ round 2 (student as agent)"]
+    for row in report.ablation:
+        assert len(row.wafs) == 2 and len(row.hidden_wafs) == 2 and row.wafs[0] != row.wafs[1]
+    # the chosen-filter row's first seed is the saved student
+    assert report.ablation[2].wafs[0] == report.scores.waf and report.ablation[2].hidden_wafs[0] == report.hidden.waf
+    table = ablation_markdown(report.ablation)
+    assert "5-fold WAF (2 seeds)" in table and table.count(" +- ") == 10
+    saved = json.loads((tmp_path / "s" / "ablation.json").read_text())
+    assert saved["rows"][0]["waf"] == pytest.approx(np.mean(report.ablation[0].wafs))
