@@ -70,13 +70,13 @@ def _shuffle_labels(data: Path, seed: int) -> None:
 
 @pytest.fixture(scope="module")
 def shuffled(tmp_path_factory) -> tuple[Path, Path]:
-    """A 150 + 150 clip demo corpus whose labels are shuffled (no signal left), with features and agents."""
+    """A 150 + 90 clip demo corpus whose labels are shuffled (no signal left), with features and agents."""
     from demo.corpus import make_demo
     from demo.plan import DemoConfig
 
     root = tmp_path_factory.mktemp("shuffled")
     data, run = root / "data", root / "run"
-    make_demo(data, DemoConfig(labelled=150, unlabelled=150, seconds=1.0, fps=5, broken_per_kind=0, seed=3),
+    make_demo(data, DemoConfig(labelled=150, unlabelled=90, seconds=1.0, fps=5, size=96, broken_per_kind=0, seed=3),
               progress=False)
     _shuffle_labels(data, seed=0)
     features_stage(FeaturesConfig(data=data, run=run, progress=False))
