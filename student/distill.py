@@ -326,16 +326,17 @@ def measure_filters(data: _Data, agents: _Agents, cfg: FilterConfig, chosen: Fil
 
 
 def _ablation(data: _Data, cfg: DistillConfig, agents: _Agents,
-              main: tuple[CrossFit, StudentResult, Scores | None]) -> list[AblationRow]:
+              main: tuple[StudentResult, Scores | None]) -> list[AblationRow]:
     """Labelled only; + fixed 0.95; + the chosen filter (hard); + soft targets; + a noisy-student second round.
 
     Every row trains cfg.seeds students (seeds student.seed, student.seed + 1, ...).
     """
     seeds = [cfg.student.seed + s for s in range(cfg.seeds)]
 
-    def row(variant: str, fcfg: FilterConfig | None, ag: _Agents | None = None, reuse=None):
+    def row(variant: str, fcfg: FilterConfig | None,
+            reuse: tuple[StudentResult, Scores | None] | None = None) -> tuple[AblationRow, list]:
         log.info("ablation: %s", variant)
-        fit = None if fcfg is None else _fit(data, ag or agents, fcfg)
+        fit = None if fcfg is None else _fit(data, agents, fcfg)
         results = []
         for s in seeds:
             if reuse is not None and s == cfg.student.seed:
@@ -351,7 +352,7 @@ def _ablation(data: _Data, cfg: DistillConfig, agents: _Agents,
                            p.precision_low, p.precision_high), results
 
     chosen = cfg.filter
-    main_fit, main_result, main_hidden = main
+    main_result, main_hidden = main
     rows = [row("labelled only", None)[0], row(f"+ pseudo, fixed {BASELINE_THRESHOLD}", baseline_filter(chosen))[0]]
     hard, soft = replace(chosen, soft=False), replace(chosen, soft=True)
     hard_row, hard_results = row("+ pseudo, chosen filter", hard,
@@ -446,7 +447,7 @@ def distill(cfg: DistillConfig) -> DistillReport:
     report = DistillReport(scores=result.scores, kept=kept, student_dir=cfg.out, labelled=len(data.labelled),
                            filter_point=point, thresholds=thresholds, hidden=hidden, why_none=why_none)
     if cfg.report:
-        report.ablation = _ablation(data, cfg, agents, (fit, result, hidden))
+        report.ablation = _ablation(data, cfg, agents, (result, hidden))
         atomic_write_text(cfg.out / "ablation.md", ablation_markdown(report.ablation))
         atomic_write_text(cfg.out / "ablation.json", json.dumps({
             "rows": [{**asdict(r), "waf": r.waf, "hidden_waf": r.hidden_waf} for r in report.ablation],

@@ -70,13 +70,13 @@ def _shuffle_labels(data: Path, seed: int) -> None:
 
 @pytest.fixture(scope="module")
 def shuffled(tmp_path_factory) -> tuple[Path, Path]:
-    """A 150 + 150 clip demo corpus whose labels are shuffled (no signal left), with features and agents."""
+    """A 150 + 90 clip demo corpus whose labels are shuffled (no signal left), with features and agents."""
     from demo.corpus import make_demo
     from demo.plan import DemoConfig
 
     root = tmp_path_factory.mktemp("shuffled")
     data, run = root / "data", root / "run"
-    make_demo(data, DemoConfig(labelled=150, unlabelled=150, seconds=1.0, fps=5, broken_per_kind=0, seed=3),
+    make_demo(data, DemoConfig(labelled=150, unlabelled=90, seconds=1.0, fps=5, size=96, broken_per_kind=0, seed=3),
               progress=False)
     _shuffle_labels(data, seed=0)
     features_stage(FeaturesConfig(data=data, run=run, progress=False))
@@ -275,3 +275,24 @@ def _llm_context(data: Path):
 
     corpus = load_corpus(data)
     return AgentContext(features=None, labels={}, clips={r.name: r for r in corpus.all()})
+
+
+def test_ablation_rows_are_mean_and_sd_over_student_seeds(shuffled, tmp_path: Path):
+    from dataclasses import replace
+
+    from student.distill import ablation_markdown
+
+    data, run = shuffled
+    report = distill(DistillConfig(data=data, run=run, student=replace(STUDENT, epochs=4), report=True, seeds=2,
+                                   hidden_labels=data / "hidden-labels.csv", out=tmp_path / "s", progress=False))
+    assert [r.variant for r in report.ablation] == ["labelled only", "+ pseudo, fixed 0.95",
+                                                    "+ pseudo, chosen filter", "+ soft targets",
+                                                    "+ round 2 (student as agent)"]
+    for row in report.ablation:
+        assert len(row.wafs) == 2 and len(row.hidden_wafs) == 2 and row.wafs[0] != row.wafs[1]
+    # the chosen-filter row's first seed is the saved student
+    assert report.ablation[2].wafs[0] == report.scores.waf and report.ablation[2].hidden_wafs[0] == report.hidden.waf
+    table = ablation_markdown(report.ablation)
+    assert "5-fold WAF (2 seeds)" in table and table.count(" +- ") == 10
+    saved = json.loads((tmp_path / "s" / "ablation.json").read_text())
+    assert saved["rows"][0]["waf"] == pytest.approx(np.mean(report.ablation[0].wafs))
