@@ -284,7 +284,7 @@ def ask_cmd(clip, config_path, model, family, view, adapter, question, transcrip
 
 
 
-@main.command("fetch-llm", epilog="Example: pip install -e \".[qwen-cpu]\" && python cli.py fetch-llm --size 1.5b")
+@main.command("fetch-llm", epilog="Example: python cli.py fetch-llm --size 1.5b  (after: pip install .[qwen-cpu])")
 @CONFIG
 @click.option("--size", type=click.Choice(["0.5b", "1.5b"]), help="Qwen2.5-Coder-Instruct size (default 1.5b).")
 @click.option("--cache", type=click.Path(path_type=Path),

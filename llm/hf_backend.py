@@ -79,7 +79,7 @@ def checkpoint_dtype(model: str | Path) -> torch.dtype:
     """The dtype a checkpoint was saved in (its config's `dtype`; bf16 for the Qwen releases), float32 if unstated."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(str(model))
+    config = AutoConfig.from_pretrained(checkpoint(model))
     stated = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if stated is None and hasattr(config, "get_text_config"):
         text = config.get_text_config()
@@ -87,6 +87,11 @@ def checkpoint_dtype(model: str | Path) -> torch.dtype:
     if isinstance(stated, str):
         stated = getattr(torch, stated, None)
     return stated if isinstance(stated, torch.dtype) else torch.float32
+
+
+def checkpoint(model: str | Path) -> str:
+    """A checkpoint folder or hub id as from_pretrained takes it, with a leading ~ expanded (config files)."""
+    return str(Path(model).expanduser()) if str(model).startswith("~") else str(model)
 
 
 def tokenizer_of(processor):
@@ -98,7 +103,7 @@ def load_processor(model: str | Path):
     """AutoProcessor of a checkpoint folder or hub id, with left padding (answers then end every row)."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(str(model))
+    processor = AutoProcessor.from_pretrained(checkpoint(model))
     tokenizer_of(processor).padding_side = "left"
     return processor
 
@@ -127,7 +132,7 @@ def load_weights(model: str | Path, family: Family, adapter: str | Path | None =
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": target.index or 0} if target.type == "cuda"
                       else "cpu")
-    net = model_class.from_pretrained(str(model), **kwargs)
+    net = model_class.from_pretrained(checkpoint(model), **kwargs)
     if quant is None:
         net = net.to(target)
     if adapter is not None:

@@ -14,6 +14,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STAGES = {
     "features-gpu.yaml": (FeaturesConfig, {"data": "d", "run": "r"}),
     "teacher-audio.yaml": (TeacherTrainConfig, {"data": "d", "out": "o"}),
+    "teacher-text-cpu.yaml": (TeacherTrainConfig, {"data": "d", "out": "o"}),
     "teacher-label-llm.yaml": (TeacherLabelConfig, {"data": "d", "run": "r"}),
     "distill.yaml": (DistillConfig, {"data": "d", "run": "r"}),
 }
