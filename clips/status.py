@@ -19,6 +19,7 @@ STATUSES: tuple[str, ...] = (
     "unreadable",        # the file cannot be opened or decoded at all
     "no_media",          # the name has no media file
     "truncated",         # decoding stopped early on an error; what decoded is kept
+    "asr_transcript",    # the clip had no usable transcript; the text features read Whisper's ASR of its audio
 )
 
 

@@ -7,6 +7,8 @@ Usage:
         def extract(self, clip, transcript) -> FeatureResult: ...
     key = cache_key(MyExtractor())           # "mine-3f2a9c1d": the cache folder of these settings
 Missing modalities are a FeatureResult with vector None and a flag from clips.status.STATUSES.
+A visual extractor may declare `frame_side`, the long side in pixels of the frames it wants; the runner decodes at
+the largest any extractor of a run asks for and hands each extractor frames no larger than its own (fit_frames).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+import cv2
 import numpy as np
 
 from clips.media import DecodedClip
@@ -25,6 +28,8 @@ Modality = Literal["audio", "visual", "text"]
 # The clip flag an extractor reports when its modality is absent, or when it failed on the clip: the effect
 # downstream is the same (the modality is missing), and the error message itself is kept in the cache file.
 MISSING_STATUS: dict[str, str] = {"audio": "no_audio", "visual": "no_video", "text": "empty_transcript"}
+# long side in pixels of the frames an extractor gets when it declares no `frame_side`
+DEFAULT_FRAME_SIDE = 320
 
 
 @dataclass
@@ -82,3 +87,18 @@ def finite_vector(values: np.ndarray, dim: int) -> np.ndarray:
     if vector.shape != (dim,):
         raise ValueError(f"extractor produced {vector.shape[0]} values, expected dim {dim}")
     return np.nan_to_num(vector, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def frame_side(extractor: Extractor) -> int:
+    """Long side in pixels of the frames `extractor` wants: its `frame_side`, else DEFAULT_FRAME_SIDE."""
+    return int(getattr(extractor, "frame_side", DEFAULT_FRAME_SIDE))
+
+
+def fit_frames(frames: np.ndarray, side: int) -> np.ndarray:
+    """RGB `frames` (T, H, W, 3) shrunk (area interpolation) so the long side is at most `side`; never enlarged."""
+    height, width = frames.shape[1:3]
+    scale = side / max(height, width)
+    if scale >= 1.0:
+        return frames
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])

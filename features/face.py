@@ -1,10 +1,10 @@
-"""Embedded visual extractor: OpenCV Haar face detection on the sampled frames, then classical face features.
+"""Embedded visual extractor: faces found on real-size frames, classical face features and facial expression.
 
 Usage:
-    extractor = FaceExtractor(num_frames=8)
+    extractor = FaceExtractor(num_frames=8)             # BlazeFace on frames of up to 960 pixels
     result = extractor.extract(clip, transcript=None)   # (FACE_DIM,) float32; status ("no_face",) on fallback
-    boxes = FaceDetector().detect(clip.frames)          # largest face per frame as (x, y, w, h), or None
-    vector = face_features(clip.frames, boxes)          # the same layout for boxes you got elsewhere
+    boxes, profiles = FaceDetector().detect(frames)     # the Haar detector: largest face per frame, or None
+    vector = face_features(clip.frames, boxes)          # the appearance layout for boxes you got elsewhere
 
 Layout of the vector (FACE_LAYOUT gives the slices):
     geometry   detection rate, profile rate, face width, centre x/y (mean and std over frames with a face)
@@ -12,20 +12,25 @@ Layout of the vector (FACE_LAYOUT gives the slices):
                (brows/eyes) and lower (mouth) halves with finer 8x16 cells) and uniform LBP histogram
     scalars    mean and std over frames of crop brightness, contrast and upper/lower edge energy
     motion     frame-to-frame change of the crop (whole, upper, lower), of the face centre and of the frame
-With no face on any frame the same layout is computed on the whole frames, geometry says "no detection" and
-the status is ("no_face",); with no frames the result is missing ("no_video").
+    expression FER2013 probabilities (mean, max, peak frame) and keypoint pose (features.expression)
+Faces come from BlazeFace (features.detect), with the Haar cascades as the fallback on frames where it finds
+none ("haar" uses the cascades alone). With no face on any frame the appearance parts are computed on the whole
+frames, geometry says "no detection", expression is zero and the status is ("no_face",); with no frames the
+result is missing ("no_video").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 
 from clips.media import DecodedClip
-from features.base import FeatureResult, finite_vector, missing
+from features.base import FeatureResult, finite_vector, fit_frames, missing
+from features.detect import BlazeFaceDetector, Face
+from features.expression import EXPRESSION_DIM, ExpressionModels, expression_features
 
 Box = tuple[int, int, int, int]
 
@@ -66,6 +71,7 @@ def _layout() -> dict[str, slice]:
         "appearance": _APPEARANCE_DIM,
         "scalars": 2 * len(_SCALARS),
         "motion": len(_MOTION),
+        "expression": EXPRESSION_DIM,
     }
     out, start = {}, 0
     for part, size in sizes.items():
@@ -75,7 +81,9 @@ def _layout() -> dict[str, slice]:
 
 
 FACE_LAYOUT: dict[str, slice] = _layout()
-FACE_DIM = FACE_LAYOUT["motion"].stop
+FACE_DIM = FACE_LAYOUT["expression"].stop
+# the appearance parts that face_features() computes
+FACE_FEATURES_DIM = FACE_LAYOUT["motion"].stop
 
 
 def _uniform_lbp_table() -> np.ndarray:
@@ -170,7 +178,7 @@ def _diff_stats(crops: list[np.ndarray]) -> tuple[float, float]:
 def face_features(
     frames: np.ndarray, boxes: list[Box | None], profile: list[bool] | None = None
 ) -> np.ndarray:
-    """(FACE_DIM,) features of RGB `frames` (T, H, W, 3) given one face box (or None) per frame.
+    """(FACE_FEATURES_DIM,) features of RGB `frames` (T, H, W, 3) given one face box (or None) per frame.
 
     With no box at all, every whole frame stands in for the face and the detection rate is 0.
     Raises:
@@ -217,7 +225,7 @@ def face_features(
         *_diff_stats(small),
     ]
     vector = np.concatenate([geometry, appearance, scalars.mean(axis=0), scalars.std(axis=0), motion])
-    return finite_vector(vector, FACE_DIM)
+    return finite_vector(vector, FACE_FEATURES_DIM)
 
 
 @dataclass
@@ -320,10 +328,19 @@ def _load_cascade(file_name: str) -> Any:
 
 @dataclass
 class FaceExtractor:
-    """Haar face detection plus face_features(); whole-frame fallback with status ("no_face",)."""
+    """Faces per frame (BlazeFace, Haar fallback), face_features() and expression_features(); see the module."""
 
     # frames the decoder samples per clip (part of the settings: it changes the averages)
     num_frames: int = 8
+    # frames are used at most this many pixels on their long side (the runner decodes at this size): a face in a
+    # wide shot of a 1280x720 clip is 50-100 pixels wide, a few dozen at the old 320
+    frame_side: int = 960
+    # "blazeface": BlazeFace with the Haar cascades on frames where it finds nothing; "haar": the cascades alone
+    detector: Literal["blazeface", "haar"] = "blazeface"
+    # BlazeFace: minimum score, and how many frames of a clip may get the tile search for small faces
+    min_score: float = 0.5
+    tile_frames: int = 3
+    # the Haar cascades (see FaceDetector)
     detect_side: int = 160
     scale_factor: float = 1.1
     min_neighbors: int = 5
@@ -332,25 +349,56 @@ class FaceExtractor:
     name: str = field(default="face", init=False)
     modality: str = field(default="visual", init=False)
     dim: int = field(default=FACE_DIM, init=False)
-    detector: FaceDetector = field(init=False, repr=False)
+    haar: FaceDetector = field(init=False, repr=False)
+    blazeface: BlazeFaceDetector | None = field(init=False, repr=False)
+    models: ExpressionModels = field(default_factory=ExpressionModels, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.detector = FaceDetector(
+        if self.detector not in ("blazeface", "haar"):
+            raise ValueError(f"face option detector={self.detector!r} is unknown; use 'blazeface' or 'haar'")
+        if self.frame_side < 64:
+            raise ValueError(f"face option frame_side={self.frame_side}: use at least 64 pixels (e.g. 960)")
+        self.haar = FaceDetector(
             detect_side=self.detect_side,
             scale_factor=self.scale_factor,
             min_neighbors=self.min_neighbors,
             min_size=self.min_size,
             profile=self.profile,
         )
+        self.blazeface = (
+            BlazeFaceDetector(min_score=self.min_score, tile_frames=self.tile_frames)
+            if self.detector == "blazeface"
+            else None
+        )
 
     def settings(self) -> dict:
-        """Frames per clip, the detector's parameters and the feature layout."""
-        return {"num_frames": self.num_frames, **self.detector.settings(), "crop": CROP_SIZE, "layout": "v1"}
+        """Frames per clip and their size, the detectors' parameters, the feature layout and the FER model."""
+        blazeface = self.blazeface.settings() if self.blazeface is not None else {"detector": "haar"}
+        return {"num_frames": self.num_frames, "frame_side": self.frame_side, **blazeface, **self.haar.settings(),
+                "crop": CROP_SIZE, "layout": "v2",
+                "expression": "fer2013-mini-xception-q8, mediapipe face mesh 468"}
+
+    def faces(self, frames: np.ndarray) -> tuple[list[Face | None], list[bool]]:
+        """One face (or None) per RGB frame and whether the Haar profile cascade found it."""
+        found: list[Face | None] = [None] * len(frames)
+        if self.blazeface is not None:
+            found = self.blazeface.detect(frames)
+        missed = [i for i, face in enumerate(found) if face is None]
+        profiles = [False] * len(frames)
+        if missed:
+            boxes, flags = self.haar.detect(frames[missed])
+            for i, box, flag in zip(missed, boxes, flags, strict=True):
+                if box is not None:
+                    found[i], profiles[i] = Face(box, np.zeros((0, 2), np.float32), 0.0), flag
+        return found, profiles
 
     def extract(self, clip: DecodedClip, transcript: str | None) -> FeatureResult:
         """(FACE_DIM,) face features; ("no_face",) whole-frame fallback; missing ("no_video") w/o frames."""
         if clip.frames is None or len(clip.frames) == 0:
             return missing("visual")
-        boxes, profiles = self.detector.detect(clip.frames)
-        status = () if any(box is not None for box in boxes) else ("no_face",)
-        return FeatureResult(face_features(clip.frames, boxes, profiles), status)
+        frames = fit_frames(clip.frames, self.frame_side)
+        faces, profiles = self.faces(frames)
+        appearance = face_features(frames, [None if f is None else f.box for f in faces], profiles)
+        vector = np.concatenate([appearance, expression_features(frames, faces, self.models)])
+        status = () if any(face is not None for face in faces) else ("no_face",)
+        return FeatureResult(finite_vector(vector, FACE_DIM), status)

@@ -35,6 +35,12 @@ def _e5(num_frames: int = 8, **options: Any) -> Extractor:
     return E5Extractor(**options)
 
 
+def _whisper(num_frames: int = 8, **options: Any) -> Extractor:
+    from features.whisper import WhisperExtractor
+
+    return WhisperExtractor(**options)
+
+
 def _hubert(num_frames: int = 8, **options: Any) -> Extractor:
     from features.hf import HubertExtractor
 
@@ -57,6 +63,7 @@ EXTRACTORS: dict[str, Callable[..., Extractor]] = {
     "egemaps": _egemaps,
     "face": _face,
     "e5": _e5,
+    "whisper": _whisper,
     "hubert": _hubert,
     "clip": _clip,
     "hf_text": _hf_text,

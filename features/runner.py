@@ -12,6 +12,7 @@ gives that clip a missing vector, its modality's missing flag and the error mess
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import json
@@ -30,7 +31,16 @@ from clips import media
 from clips.dataset import ClipRef
 from clips.io import atomic_write_text, check_name, remove_partials
 from clips.status import format_status, merge_status, parse_status
-from features.base import Extractor, FeatureResult, cache_key, finite_vector, missing
+from features.base import (
+    DEFAULT_FRAME_SIDE,
+    Extractor,
+    FeatureResult,
+    cache_key,
+    finite_vector,
+    fit_frames,
+    frame_side,
+    missing,
+)
 from features.cache import clip_path, read_entry, refresh_index, write_entry, write_meta
 from features.registry import build_extractor
 
@@ -90,6 +100,14 @@ def _checked(result: FeatureResult, dim: int) -> FeatureResult:
     return FeatureResult(finite_vector(vector, dim), tuple(result.status))
 
 
+def _fitted(clip: media.DecodedClip, extractor: Extractor) -> media.DecodedClip:
+    """`clip` with frames no larger than the visual `extractor`'s frame_side (the decode side is the largest)."""
+    if extractor.modality != "visual" or clip.frames is None:
+        return clip
+    frames = fit_frames(clip.frames, frame_side(extractor))
+    return clip if frames is clip.frames else dataclasses.replace(clip, frames=frames)
+
+
 class ClipWorker:
     """Runs a fixed set of extractors on clips and writes their cache files; one per process."""
 
@@ -100,11 +118,15 @@ class ClipWorker:
         self.num_frames = num_frames
 
     def _decode(self, ref: ClipRef, todo: list[Extractor]) -> tuple[media.DecodedClip, str]:
-        """The decoded clip (or an empty one when no pending extractor needs media) and the decode error."""
-        if ref.path is None or all(e.modality == "text" for e in todo):
+        """The decoded clip (or an empty one when no pending extractor needs media) and the decode error.
+
+        Frames are decoded at the largest `frame_side` of the pending visual extractors.
+        """
+        if ref.path is None or all(e.modality == "text" and not getattr(e, "needs_audio", False) for e in todo):
             return _empty_clip(ref.name), ""
+        side = max((frame_side(e) for e in todo if e.modality == "visual"), default=DEFAULT_FRAME_SIDE)
         try:
-            clip = media.decode_clip(Path(ref.path), name=ref.name, num_frames=self.num_frames)
+            clip = media.decode_clip(Path(ref.path), name=ref.name, num_frames=self.num_frames, max_side=side)
         except NotImplementedError:
             raise
         except Exception as err:  # decode_clip should flag broken files itself; this is the last resort
@@ -145,7 +167,7 @@ class ClipWorker:
             started = time.perf_counter()
             error = ""
             try:
-                result = _checked(extractor.extract(clip, ref.transcript), extractor.dim)
+                result = _checked(extractor.extract(_fitted(clip, extractor), ref.transcript), extractor.dim)
             except Exception as err:  # one broken clip must not stop a 120,000-clip run
                 error = f"{type(err).__name__}: {err}"
                 result = missing(extractor.modality)

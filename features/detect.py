@@ -1,0 +1,191 @@
+"""Face detection on real-size frames: MediaPipe's full-range BlazeFace (run by ai-edge-litert), one face tracked.
+
+Usage:
+    detector = BlazeFaceDetector()
+    faces = detector.detect(frames)          # (T, H, W, 3) RGB -> one Face or None per frame
+    faces[0].box, faces[0].keypoints         # (x, y, w, h) in pixels; (6, 2) eyes, nose, mouth, ears
+
+Search order per frame, stopping at the first hit:
+    1. around the face of the previous frame (a square 3 face-sides wide, so the face fills a third of the model's
+       192-pixel input): the track, and the cheap common case;
+    2. the whole frame, letterboxed to 192 pixels: faces wider than about 1/12 of the long side;
+    3. square tiles as tall as the frame across its width (3 on a 16:9 frame): faces down to about 1/25 of the
+       long side (50 pixels of a 1280x720 frame); run on at most `tile_frames` frames of a clip, so a clip with
+       nobody in it costs 2 model runs per frame plus a few tile searches.
+Among several faces the tracked one wins, else the largest (a close-up of the speaker is the common shot).
+The models are vendored in features/models (see its README.md: source package, licence, sha256).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+MODELS = Path(__file__).resolve().parent / "models"
+BLAZEFACE_FILE = "blazeface_full_range.tflite"
+# BlazeFace keypoints, in the model's order
+KEYPOINTS = ("right_eye", "left_eye", "nose", "mouth", "right_ear", "left_ear")
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass
+class Face:
+    """One detected face, in pixels of the frame it was found in."""
+
+    # (x, y, w, h)
+    box: Box
+    # (6, 2) x, y of KEYPOINTS
+    keypoints: np.ndarray
+    score: float
+
+
+def _anchors(size: int = 192, stride: int = 4) -> np.ndarray:
+    """(N, 2) anchor centres of the full-range model, normalised: one per cell of its 48x48 grid."""
+    cells = size // stride
+    centres = (np.arange(cells, dtype=np.float32) + 0.5) / cells
+    ys, xs = np.meshgrid(centres, centres, indexing="ij")
+    return np.stack([xs.ravel(), ys.ravel()], axis=1)
+
+
+class TfliteModel:
+    """A vendored .tflite network on one CPU thread (XNNPACK): arrays in, arrays out; loads no pickle."""
+
+    def __init__(self, file_name: str, threads: int = 1) -> None:
+        from ai_edge_litert.interpreter import Interpreter  # imported here: building extractors stays cheap
+
+        path = MODELS / file_name
+        if not path.is_file():
+            raise FileNotFoundError(f"model {path} is missing; reinstall mer-semi (features/models ships it)")
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        self.outputs = [detail["index"] for detail in self.interpreter.get_output_details()]
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The network's outputs for one float32 input of the model's exact shape."""
+        self.interpreter.set_tensor(self.input, np.ascontiguousarray(batch, dtype=np.float32))
+        self.interpreter.invoke()
+        return [self.interpreter.get_tensor(index) for index in self.outputs]
+
+
+class BlazeFace:
+    """The full-range BlazeFace network: faces with scores and keypoints in one RGB image."""
+
+    def __init__(self, min_score: float = 0.5, nms_iou: float = 0.3) -> None:
+        self.net = TfliteModel(BLAZEFACE_FILE)
+        self.size = 192
+        self.anchors = _anchors(self.size)
+        self.min_score = min_score
+        self.nms_iou = nms_iou
+
+    def __call__(self, image: np.ndarray) -> list[Face]:
+        """Faces in RGB `image` (H, W, 3) uint8 of any shape (letterboxed to a square), boxes in its pixels."""
+        height, width = image.shape[:2]
+        side = max(height, width)
+        scale = self.size / side
+        inner = (max(1, round(width * scale)), max(1, round(height * scale)))
+        square = np.zeros((self.size, self.size, 3), np.uint8)
+        square[: inner[1], : inner[0]] = cv2.resize(image, inner, interpolation=cv2.INTER_AREA)
+        outs = self.net(square[None].astype(np.float32) * (2.0 / 255.0) - 1.0)  # input (1, 192, 192, 3) in [-1, 1]
+        regress = next(o for o in outs if o.shape[-1] == 16).reshape(-1, 16)  # (N, 16): box + 6 keypoints
+        logits = next(o for o in outs if o.shape[-1] == 1).reshape(-1)  # (N,)
+        keep = logits > np.log(self.min_score / (1.0 - self.min_score))
+        if not keep.any():
+            return []
+        scores = 1.0 / (1.0 + np.exp(-np.clip(logits[keep], -80.0, 80.0)))
+        points = regress[keep].reshape(-1, 8, 2) / self.size + self.anchors[keep][:, None, :]
+        points[:, 1] = regress[keep][:, 2:4] / self.size  # slot 1 is the box size, not a point
+        points *= side  # normalised square coordinates -> pixels of `image` (the padding is right and bottom)
+        centre, size = points[:, 0], points[:, 1]
+        boxes = np.concatenate([centre - size / 2, size], axis=1)  # (N, 4) x, y, w, h
+        picked = cv2.dnn.NMSBoxes(boxes.tolist(), scores.tolist(), self.min_score, self.nms_iou)
+        return [
+            Face(tuple(int(round(v)) for v in boxes[i]), points[i, 2:].copy(), float(scores[i]))
+            for i in np.asarray(picked, dtype=np.int64).reshape(-1)
+        ]
+
+
+def _shift(face: Face, dx: float, dy: float, scale: float = 1.0) -> Face:
+    """`face` found in a crop that starts at (dx, dy) of a frame shrunk by `scale`, in the frame's pixels."""
+    x, y, w, h = face.box
+    box = (round((x + dx) / scale), round((y + dy) / scale), round(w / scale), round(h / scale))
+    return Face(box, (face.keypoints + (dx, dy)) / scale, face.score)
+
+
+def _overlap(a: Box, b: Box) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    inter = max(0, x1 - x0) * max(0, y1 - y0)
+    return inter / max(a[2] * a[3] + b[2] * b[3] - inter, 1)
+
+
+@dataclass
+class BlazeFaceDetector:
+    """One face per frame, tracked across a clip's frames; see the module docstring for the search order."""
+
+    min_score: float = 0.5
+    # a tile search runs on at most this many frames of a clip (the frames where no face is tracked)
+    tile_frames: int = 3
+    # the face must be at least this many pixels wide in the frame handed in (smaller is noise at these sizes)
+    min_width: int = 12
+    _net: Any = field(default=None, init=False, repr=False)
+
+    def settings(self) -> dict:
+        """What changes which faces are found."""
+        return {"detector": "blazeface-full-range", "min_score": self.min_score, "tile_frames": self.tile_frames,
+                "min_width": self.min_width}
+
+    def _model(self) -> BlazeFace:
+        if self._net is None:
+            self._net = BlazeFace(min_score=self.min_score)
+        return self._net
+
+    def _around(self, frame: np.ndarray, previous: Face) -> list[Face]:
+        """Faces in a square 3 face-sides wide centred on `previous`, clipped to the frame."""
+        height, width = frame.shape[:2]
+        x, y, w, h = previous.box
+        half = 1.5 * max(w, h)
+        x0, y0 = int(max(x + w / 2 - half, 0)), int(max(y + h / 2 - half, 0))
+        x1, y1 = int(min(x + w / 2 + half, width)), int(min(y + h / 2 + half, height))
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return []
+        return [_shift(face, x0, y0) for face in self._model()(frame[y0:y1, x0:x1])]
+
+    def _tiles(self, frame: np.ndarray) -> list[Face]:
+        """Faces in square tiles of the frame's short side, overlapping, across its long side."""
+        height, width = frame.shape[:2]
+        side = min(height, width)
+        count = int(np.ceil(max(height, width) / side)) + 1
+        faces = []
+        for start in np.linspace(0, max(height, width) - side, count).astype(int):
+            x0, y0 = (start, 0) if width >= height else (0, start)
+            faces += [_shift(f, x0, y0) for f in self._model()(frame[y0 : y0 + side, x0 : x0 + side])]
+        return faces
+
+    def detect(self, frames: np.ndarray) -> list[Face | None]:
+        """The tracked (else largest) face of each RGB frame of `frames` (T, H, W, 3), or None."""
+        found: list[Face | None] = []
+        previous: Face | None = None
+        tile_budget = self.tile_frames
+        for frame in frames:
+            frame = np.ascontiguousarray(frame)
+            faces = self._around(frame, previous) if previous is not None else []
+            if not faces:
+                faces = self._model()(frame)
+            if not faces and tile_budget > 0:
+                tile_budget -= 1
+                faces = self._tiles(frame)
+            faces = [f for f in faces if f.box[2] >= self.min_width]
+            if faces and previous is not None:
+                face = max(faces, key=lambda f: (_overlap(f.box, previous.box), f.box[2] * f.score))
+            else:
+                face = max(faces, key=lambda f: f.box[2] * f.score, default=None)
+            found.append(face)
+            previous = face if face is not None else previous
+        return found
