@@ -263,12 +263,17 @@ def _decode_streams(
             video = container.streams[probe.video_index]
             video.thread_type = "AUTO"  # frame threads: about 2x faster on H.264
             streams.append(video)
+            wanted = set(targets)
             width, height = scaled_size(video.codec_context.width, video.codec_context.height, max_side)
         try:
             for packet in container.demux(streams):
                 is_audio = packet.stream.index == probe.audio_index
                 if (audio_done and is_audio) or (video_done and not is_audio):
                     continue
+                if not is_audio:
+                    # frames no other frame refers to (most B-frames) are skipped unless they are sampled: the
+                    # frames that come back are the same, and decoding costs about half (measured on 720p H.264)
+                    video.codec_context.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
                 try:
                     decoded_frames = packet.decode()
                 except av.error.FFmpegError as exc:

@@ -61,6 +61,8 @@ class ClipOutcome:
     errors: list[tuple[str, str]] = field(default_factory=list)
     # seconds spent decoding ("decode") and in each extractor (by cache key)
     seconds: dict[str, float] = field(default_factory=dict)
+    # the same parts in CPU seconds of the worker process (all its threads): what a part costs on a busy machine
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +79,8 @@ class ExtractionReport:
     # seconds summed over clips: "decode" and one entry per cache key
     seconds: dict[str, float]
     cache_keys: list[str]
+    # CPU seconds of the worker processes summed over clips, by the same parts
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def clips_per_second(self) -> float:
@@ -151,11 +155,10 @@ class ClipWorker:
             ]
             return ClipOutcome(name, computed=False, status=merge_status(*flags))
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         clip, decode_error = self._decode(ref, todo)
-        outcome = ClipOutcome(
-            name, computed=True, status=(), seconds={"decode": time.perf_counter() - started}
-        )
+        outcome = ClipOutcome(name, computed=True, status=(), seconds={"decode": time.perf_counter() - started},
+                              cpu_seconds={"decode": time.process_time() - cpu})
         if decode_error:
             outcome.errors.append(("decode", decode_error))
         clip_status = merge_status(ref.status, clip.status)
@@ -164,7 +167,7 @@ class ClipWorker:
             if entry is not None:
                 flags.append(entry.status)
                 continue
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             error = ""
             try:
                 result = _checked(extractor.extract(_fitted(clip, extractor), ref.transcript), extractor.dim)
@@ -173,6 +176,7 @@ class ClipWorker:
                 result = missing(extractor.modality)
                 outcome.errors.append((key, error))
             outcome.seconds[key] = time.perf_counter() - started
+            outcome.cpu_seconds[key] = time.process_time() - cpu
             # only an extractor's own crash is stored as an error (and retried by a rerun); a file that does not
             # decode is a finished clip whose status says so, or every later stage would decode it again
             write_entry(path, result, extractor.dim, clip_status, error)
@@ -301,6 +305,7 @@ class RayClipWorker:
             "status": [format_status(o.status) for o in outcomes],
             "errors": [json.dumps(o.errors) for o in outcomes],
             "seconds": [json.dumps(o.seconds) for o in outcomes],
+            "cpu_seconds": [json.dumps(o.cpu_seconds) for o in outcomes],
         }
 
 
@@ -323,7 +328,8 @@ def _outcomes_ray(
     )
     for row in dataset.iter_rows():
         yield ClipOutcome(str(row["name"]), bool(row["computed"]), parse_status(str(row["status"])),
-                          [tuple(e) for e in json.loads(row["errors"])], json.loads(row["seconds"]))
+                          [tuple(e) for e in json.loads(row["errors"])], json.loads(row["seconds"]),
+                          json.loads(row["cpu_seconds"]))
 
 
 def extract_features(
@@ -377,6 +383,7 @@ def extract_features(
     statuses: dict[str, tuple[str, ...]] = {}
     status_counts: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
+    cpu_seconds: Counter[str] = Counter()
     errors: list[tuple[str, str, str]] = []
     processed = skipped = 0
     run_todo = _outcomes_ray if engine == "ray" else _outcomes
@@ -385,6 +392,7 @@ def extract_features(
         statuses[outcome.name] = outcome.status
         status_counts.update(outcome.status or ("ok",))
         seconds.update(outcome.seconds)
+        cpu_seconds.update(outcome.cpu_seconds)
         errors.extend((outcome.name, key, message) for key, message in outcome.errors)
         processed += outcome.computed
         skipped += not outcome.computed
@@ -400,5 +408,6 @@ def extract_features(
         errors=errors,
         elapsed=time.perf_counter() - started,
         seconds=dict(seconds),
+        cpu_seconds=dict(cpu_seconds),
         cache_keys=keys,
     )
