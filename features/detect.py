@@ -1,4 +1,4 @@
-"""Face detection on real-size frames: MediaPipe's full-range BlazeFace (run by ai-edge-litert), one face tracked.
+"""Face detection on real-size frames: MediaPipe's BlazeFace (run by ai-edge-litert), one face tracked per clip.
 
 Usage:
     detector = BlazeFaceDetector()
@@ -6,8 +6,8 @@ Usage:
     faces[0].box, faces[0].keypoints         # (x, y, w, h) in pixels; (6, 2) eyes, nose, mouth, ears
 
 Search order per frame, stopping at the first hit:
-    1. around the face of the previous frame (a square 3 face-sides wide, so the face fills a third of the model's
-       192-pixel input): the track, and the cheap common case;
+    1. around the face of the previous frame, with the short-range model (a square 3 face-sides wide, so the face
+       fills a third of its 128-pixel input): the track, and the cheap common case;
     2. the whole frame, letterboxed to 192 pixels: faces wider than about 1/12 of the long side;
     3. square tiles as tall as the frame across its width (3 on a 16:9 frame): faces down to about 1/25 of the
        long side (50 pixels of a 1280x720 frame); run on at most `tile_frames` frames of a clip, so a clip with
@@ -44,12 +44,24 @@ class Face:
     score: float
 
 
-def _anchors(size: int = 192, stride: int = 4) -> np.ndarray:
-    """(N, 2) anchor centres of the full-range model, normalised: one per cell of its 48x48 grid."""
-    cells = size // stride
-    centres = (np.arange(cells, dtype=np.float32) + 0.5) / cells
-    ys, xs = np.meshgrid(centres, centres, indexing="ij")
-    return np.stack([xs.ravel(), ys.ravel()], axis=1)
+def _anchors(size: int, grids: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """(N, 2) normalised anchor centres: for each (stride, anchors per cell), row by row over its grid."""
+    rows = []
+    for stride, per_cell in grids:
+        cells = size // stride
+        centres = (np.arange(cells, dtype=np.float32) + 0.5) / cells
+        ys, xs = np.meshgrid(centres, centres, indexing="ij")
+        rows.append(np.repeat(np.stack([xs.ravel(), ys.ravel()], axis=1), per_cell, axis=0))
+    return np.concatenate(rows)
+
+
+# model file, input side and anchor grids (MediaPipe's SSD anchor options) of the two BlazeFace variants: the full
+# range model finds faces down to a few percent of the image; the short range one wants the face to fill a good
+# part of it (a close-up, or the square around a tracked face) and costs a third as much
+_VARIANTS: dict[str, tuple[str, int, tuple[tuple[int, int], ...]]] = {
+    "full": (BLAZEFACE_FILE, 192, ((4, 1),)),
+    "short": ("blazeface_short_range.tflite", 128, ((8, 2), (16, 6))),
+}
 
 
 class TfliteModel:
@@ -74,12 +86,12 @@ class TfliteModel:
 
 
 class BlazeFace:
-    """The full-range BlazeFace network: faces with scores and keypoints in one RGB image."""
+    """A BlazeFace network ("full" or "short" range): faces with scores and keypoints in one RGB image."""
 
-    def __init__(self, min_score: float = 0.5, nms_iou: float = 0.3) -> None:
-        self.net = TfliteModel(BLAZEFACE_FILE)
-        self.size = 192
-        self.anchors = _anchors(self.size)
+    def __init__(self, variant: str = "full", min_score: float = 0.5, nms_iou: float = 0.3) -> None:
+        file_name, self.size, grids = _VARIANTS[variant]
+        self.net = TfliteModel(file_name)
+        self.anchors = _anchors(self.size, grids)
         self.min_score = min_score
         self.nms_iou = nms_iou
 
@@ -91,7 +103,7 @@ class BlazeFace:
         inner = (max(1, round(width * scale)), max(1, round(height * scale)))
         square = np.zeros((self.size, self.size, 3), np.uint8)
         square[: inner[1], : inner[0]] = cv2.resize(image, inner, interpolation=cv2.INTER_AREA)
-        outs = self.net(square[None].astype(np.float32) * (2.0 / 255.0) - 1.0)  # input (1, 192, 192, 3) in [-1, 1]
+        outs = self.net(square[None].astype(np.float32) * (2.0 / 255.0) - 1.0)  # input (1, size, size, 3) in [-1, 1]
         regress = next(o for o in outs if o.shape[-1] == 16).reshape(-1, 16)  # (N, 16): box + 6 keypoints
         logits = next(o for o in outs if o.shape[-1] == 1).reshape(-1)  # (N,)
         keep = logits > np.log(self.min_score / (1.0 - self.min_score))
@@ -135,16 +147,23 @@ class BlazeFaceDetector:
     # the face must be at least this many pixels wide in the frame handed in (smaller is noise at these sizes)
     min_width: int = 12
     _net: Any = field(default=None, init=False, repr=False)
+    _close: Any = field(default=None, init=False, repr=False)
 
     def settings(self) -> dict:
         """What changes which faces are found."""
-        return {"detector": "blazeface-full-range", "min_score": self.min_score, "tile_frames": self.tile_frames,
+        return {"detector": "blazeface-full-range, short-range tracking", "min_score": self.min_score,
+                "tile_frames": self.tile_frames,
                 "min_width": self.min_width}
 
     def _model(self) -> BlazeFace:
         if self._net is None:
-            self._net = BlazeFace(min_score=self.min_score)
+            self._net = BlazeFace("full", min_score=self.min_score)
         return self._net
+
+    def _close_model(self) -> BlazeFace:
+        if self._close is None:
+            self._close = BlazeFace("short", min_score=self.min_score)
+        return self._close
 
     def _around(self, frame: np.ndarray, previous: Face) -> list[Face]:
         """Faces in a square 3 face-sides wide centred on `previous`, clipped to the frame."""
@@ -155,7 +174,7 @@ class BlazeFaceDetector:
         x1, y1 = int(min(x + w / 2 + half, width)), int(min(y + h / 2 + half, height))
         if x1 - x0 < 8 or y1 - y0 < 8:
             return []
-        return [_shift(face, x0, y0) for face in self._model()(frame[y0:y1, x0:x1])]
+        return [_shift(face, x0, y0) for face in self._close_model()(frame[y0:y1, x0:x1])]
 
     def _tiles(self, frame: np.ndarray) -> list[Face]:
         """Faces in square tiles of the frame's short side, overlapping, across its long side."""

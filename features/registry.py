@@ -3,7 +3,7 @@
 Usage:
     extractor = build_extractor("face", num_frames=8)
     extractor = build_extractor("hubert", model="/models/chinese-hubert-large")
-    DEFAULT_EXTRACTORS          # the embedded CPU set: ("egemaps", "face", "e5")
+    DEFAULT_EXTRACTORS          # the embedded CPU set: ("egemaps", "whisper", "face", "e5")
 Builders import their extractor's module lazily, so listing or building never loads a model. Every builder
 takes the runner's `num_frames`; only visual extractors use it (then part of their settings and cache
 key).
@@ -18,9 +18,21 @@ from features.base import Extractor
 
 
 def _egemaps(num_frames: int = 8, **options: Any) -> Extractor:
-    from features.audio import EgemapsExtractor
+    from features.audio import OpenSmileExtractor
 
-    return EgemapsExtractor(**options)
+    return OpenSmileExtractor(**options)
+
+
+def _compare(num_frames: int = 8, **options: Any) -> Extractor:
+    from features.audio import OpenSmileExtractor
+
+    return OpenSmileExtractor(feature_set="ComParE_2016", **options)
+
+
+def _emobase(num_frames: int = 8, **options: Any) -> Extractor:
+    from features.audio import OpenSmileExtractor
+
+    return OpenSmileExtractor(feature_set="emobase", **options)
 
 
 def _face(num_frames: int = 8, **options: Any) -> Extractor:
@@ -61,6 +73,8 @@ def _hf_text(num_frames: int = 8, **options: Any) -> Extractor:
 
 EXTRACTORS: dict[str, Callable[..., Extractor]] = {
     "egemaps": _egemaps,
+    "compare": _compare,
+    "emobase": _emobase,
     "face": _face,
     "e5": _e5,
     "whisper": _whisper,
@@ -68,7 +82,7 @@ EXTRACTORS: dict[str, Callable[..., Extractor]] = {
     "clip": _clip,
     "hf_text": _hf_text,
 }
-DEFAULT_EXTRACTORS: tuple[str, ...] = ("egemaps", "face", "e5")
+DEFAULT_EXTRACTORS: tuple[str, ...] = ("egemaps", "whisper", "face", "e5")
 
 
 def build_extractor(name: str, **options: Any) -> Extractor:

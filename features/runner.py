@@ -104,7 +104,7 @@ def _checked(result: FeatureResult, dim: int) -> FeatureResult:
     return FeatureResult(finite_vector(vector, dim), tuple(result.status))
 
 
-def _fitted(clip: media.DecodedClip, extractor: Extractor) -> media.DecodedClip:
+def fit_clip(clip: media.DecodedClip, extractor: Extractor) -> media.DecodedClip:
     """`clip` with frames no larger than the visual `extractor`'s frame_side (the decode side is the largest)."""
     if extractor.modality != "visual" or clip.frames is None:
         return clip
@@ -170,7 +170,7 @@ class ClipWorker:
             started, cpu = time.perf_counter(), time.process_time()
             error = ""
             try:
-                result = _checked(extractor.extract(_fitted(clip, extractor), ref.transcript), extractor.dim)
+                result = _checked(extractor.extract(fit_clip(clip, extractor), ref.transcript), extractor.dim)
             except Exception as err:  # one broken clip must not stop a 120,000-clip run
                 error = f"{type(err).__name__}: {err}"
                 result = missing(extractor.modality)

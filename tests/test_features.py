@@ -42,6 +42,8 @@ needs_face_photo = pytest.mark.skipif(
     not GRACE_HOPPER.is_file(), reason="matplotlib's grace_hopper.jpg is absent"
 )
 RNG = np.random.default_rng(0)
+# the runner's tests use one extractor per modality (the default set adds Whisper, tested in test_features_perception)
+ONE_PER_MODALITY = ("egemaps", "face", "e5")
 
 
 def sine(seconds: float) -> np.ndarray:
@@ -71,16 +73,22 @@ def make_clip(
 
 
 def test_registry_lists_defaults_and_refuses_unknown_names() -> None:
-    assert DEFAULT_EXTRACTORS == ("egemaps", "face", "e5")
+    assert DEFAULT_EXTRACTORS == ("egemaps", "whisper", "face", "e5")
     assert set(DEFAULT_EXTRACTORS) <= set(EXTRACTORS)
     with pytest.raises(
-        ValueError, match=r"unknown feature extractor 'nope'; registered: clip, e5, egemaps, face"
+        ValueError,
+        match=r"unknown feature extractor 'nope'; registered: clip, compare, e5, egemaps, emobase, face, hf_text, "
+        "hubert, whisper$",
     ):
         build_extractor("nope")
     with pytest.raises(ValueError, match="bad options"):
         build_extractor("egemaps", window=3)
     with pytest.raises(ValueError, match="bad options"):
         build_extractor("egemaps", dim=3)
+    compare, emobase = build_extractor("compare"), build_extractor("emobase")
+    assert (compare.name, compare.dim, emobase.name, emobase.dim) == ("compare", 6373, "emobase", 988)
+    with pytest.raises(ValueError, match="feature_set='GeMAPS' is unknown"):
+        build_extractor("egemaps", feature_set="GeMAPS")
 
 
 def test_cache_key_is_name_and_settings_hash() -> None:
@@ -237,7 +245,7 @@ def read_status_csv(root: Path) -> list[list[str]]:
 def test_runner_caches_every_clip_and_writes_status(corpus, tmp_path: Path) -> None:
     refs, decoder = corpus
     root = tmp_path / "cache"
-    report = extract_features(refs, DEFAULT_EXTRACTORS, root, workers=1, progress=False)
+    report = extract_features(refs, ONE_PER_MODALITY, root, workers=1, progress=False)
     assert (report.processed, report.skipped, report.errors) == (4, 0, [])
     assert sorted(decoder.calls) == ["audio_only", "full", "silent_text"]  # no_file is never decoded
     assert read_status_csv(root) == [
@@ -259,7 +267,7 @@ def test_runner_caches_every_clip_and_writes_status(corpus, tmp_path: Path) -> N
         assert '"settings"' in meta and '"versions"' in meta and '"numpy"' in meta
 
     names = ["silent_text", "no_file", "full", "audio_only"]
-    features = load_features(root, DEFAULT_EXTRACTORS, names)
+    features = load_features(root, ONE_PER_MODALITY, names)
     assert features.names == names and features.extractors == report.cache_keys
     assert features.modalities == ["audio", "visual", "text"]
     assert [b.shape for b in features.blocks] == [(4, 88), (4, FACE_DIM), (4, 384)]
@@ -274,9 +282,9 @@ def test_runner_caches_every_clip_and_writes_status(corpus, tmp_path: Path) -> N
 def test_rerun_skips_valid_files_and_recomputes_corrupted_ones(corpus, tmp_path: Path) -> None:
     refs, decoder = corpus
     root = tmp_path / "cache"
-    first = extract_features(refs, DEFAULT_EXTRACTORS, root, workers=1, progress=False)
+    first = extract_features(refs, ONE_PER_MODALITY, root, workers=1, progress=False)
     decoder.calls.clear()
-    again = extract_features(refs, DEFAULT_EXTRACTORS, root, workers=1, progress=False)
+    again = extract_features(refs, ONE_PER_MODALITY, root, workers=1, progress=False)
     assert (again.processed, again.skipped, decoder.calls) == (0, 4, [])
     assert again.status_counts == first.status_counts
     assert read_status_csv(root)[1:] == read_status_csv(root)[1:]
@@ -286,7 +294,7 @@ def test_rerun_skips_valid_files_and_recomputes_corrupted_ones(corpus, tmp_path:
     text_file = clip_path(root, first.cache_keys[2], "audio_only")
     atomic_save_npz(text_file, feature=np.zeros(3, np.float32), mask=np.array(True), status=np.array("ok"))
     before = clip_path(root, first.cache_keys[0], "full").stat().st_mtime_ns
-    third = extract_features(refs, DEFAULT_EXTRACTORS, root, workers=1, progress=False)
+    third = extract_features(refs, ONE_PER_MODALITY, root, workers=1, progress=False)
     assert (third.processed, third.skipped) == (2, 2)
     assert sorted(decoder.calls) == ["full"]  # text-only recomputation needs no decoding
     assert read_entry(face_file, FACE_DIM) is not None and read_entry(text_file, 384) is not None
@@ -426,8 +434,8 @@ def test_end_to_end_on_an_mp4(tmp_path: Path) -> None:
     except NotImplementedError:
         pytest.skip("clips.media.decode_clip is not implemented yet")
     refs = [ClipRef("sample_1", path, "happy", "我很高兴")]
-    report = extract_features(refs, DEFAULT_EXTRACTORS, tmp_path / "cache", workers=1, progress=False)
+    report = extract_features(refs, ONE_PER_MODALITY, tmp_path / "cache", workers=1, progress=False)
     assert (report.processed, report.errors, report.status_counts) == (1, [], {"ok": 1})
-    features = load_features(tmp_path / "cache", DEFAULT_EXTRACTORS, ["sample_1"])
+    features = load_features(tmp_path / "cache", ONE_PER_MODALITY, ["sample_1"])
     assert features.masks.tolist() == [[True, True, True]]
     assert features.blocks[1][0, FACE_LAYOUT["geometry"]][0] == 1.0  # the face is found on every frame

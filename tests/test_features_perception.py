@@ -32,7 +32,7 @@ from features.expression import (
     mesh_geometry,
 )
 from features.face import FACE_DIM, FACE_LAYOUT, FaceExtractor
-from features.runner import ClipWorker, _fitted
+from features.runner import ClipWorker, fit_clip
 from features.text import E5Extractor
 
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
@@ -210,7 +210,7 @@ def test_runner_decodes_at_the_largest_frame_side_and_hands_each_extractor_its_o
     worker = ClipWorker([face, small], tmp_path / "cache", num_frames=4)
     clip, error = worker._decode(ref, [face, small])
     assert error == "" and clip.frames.shape == (4, 360, 640, 3)
-    assert _fitted(clip, small).frames.shape == (4, 180, 320, 3) and _fitted(clip, face) is clip
+    assert fit_clip(clip, small).frames.shape == (4, 180, 320, 3) and fit_clip(clip, face) is clip
     # text alone needs no media, unless ASR must read the audio
     assert worker._decode(ref, [E5Extractor()])[0].audio is None
     assert worker._decode(ref, [E5Extractor(asr=True)])[0].audio is not None
