@@ -122,11 +122,10 @@ class BlazeFace:
         ]
 
 
-def _shift(face: Face, dx: float, dy: float, scale: float = 1.0) -> Face:
-    """`face` found in a crop that starts at (dx, dy) of a frame shrunk by `scale`, in the frame's pixels."""
+def _shift(face: Face, dx: int, dy: int) -> Face:
+    """`face` found in a crop that starts at (dx, dy) of a frame, in the frame's pixels."""
     x, y, w, h = face.box
-    box = (round((x + dx) / scale), round((y + dy) / scale), round(w / scale), round(h / scale))
-    return Face(box, (face.keypoints + (dx, dy)) / scale, face.score)
+    return Face((x + dx, y + dy, w, h), face.keypoints + (dx, dy), face.score)
 
 
 def _overlap(a: Box, b: Box) -> float:
@@ -152,8 +151,7 @@ class BlazeFaceDetector:
     def settings(self) -> dict:
         """What changes which faces are found."""
         return {"detector": "blazeface-full-range, short-range tracking", "min_score": self.min_score,
-                "tile_frames": self.tile_frames,
-                "min_width": self.min_width}
+                "tile_frames": self.tile_frames, "min_width": self.min_width}
 
     def _model(self) -> BlazeFace:
         if self._net is None:
@@ -180,7 +178,8 @@ class BlazeFaceDetector:
         """Faces in square tiles of the frame's short side, overlapping, across its long side."""
         height, width = frame.shape[:2]
         side = min(height, width)
-        count = int(np.ceil(max(height, width) / side)) + 1
+        # one more tile than covering needs, so a face on a tile border is whole in a neighbour
+        count = int(np.ceil(max(height, width) / side)) + (1 if height != width else 0)
         faces = []
         for start in np.linspace(0, max(height, width) - side, count).astype(int):
             x0, y0 = (start, 0) if width >= height else (0, start)
