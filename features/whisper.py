@@ -168,6 +168,18 @@ def speech_mask(audio: np.ndarray, states: int, floor_db: float = 35.0) -> np.nd
     return energy > energy.max() - floor_db
 
 
+def speech_span(audio: np.ndarray, floor_db: float = 35.0, margin: float = 0.2) -> np.ndarray:
+    """`audio` cut to its first and last speech frame (see speech_mask), `margin` seconds kept on each side.
+
+    Leading and trailing silence would only cost encoder time: its states are left out of the pooling anyway.
+    """
+    step = SAMPLE_RATE // STATES_PER_SECOND
+    frames = max(1, int(np.ceil(audio.size / step)))
+    voiced = np.flatnonzero(speech_mask(audio, frames, floor_db))
+    keep = int(margin * SAMPLE_RATE)
+    return audio[max(voiced[0] * step - keep, 0) : (voiced[-1] + 1) * step + keep]
+
+
 @dataclass
 class WhisperExtractor:
     """Whisper base encoder states, mean and std over the speech frames: (1024,)."""
@@ -191,7 +203,7 @@ class WhisperExtractor:
         """The model, its precision, the pooling and the minimum audio length."""
         return {"model": f"whisper-base-ct2:{MODEL_SHA256[:12]}", "compute_type": self.compute_type,
                 "pooling": "mean,std over speech", "speech_db": self.speech_db, "min_seconds": self.min_seconds,
-                "window": "unpadded, first 30 s"}
+                "window": "unpadded, first 30 s cut to the speech span"}
 
     def extract(self, clip: DecodedClip, transcript: str | None) -> FeatureResult:
         """(1024,) mean and std of the encoder states over speech frames; missing without enough audio."""
@@ -199,6 +211,7 @@ class WhisperExtractor:
             return missing("audio")
         if self._model is None:
             self._model = WhisperModel.load(self.compute_type)
-        states = self._model.encode(clip.audio)  # (frames, 512)
-        speech = states[speech_mask(clip.audio, len(states), self.speech_db)]
+        audio = speech_span(clip.audio[: WINDOW_SECONDS * SAMPLE_RATE], self.speech_db)
+        states = self._model.encode(audio)  # (frames, 512)
+        speech = states[speech_mask(audio, len(states), self.speech_db)]
         return FeatureResult(finite_vector(np.concatenate([speech.mean(axis=0), speech.std(axis=0)]), self.dim))

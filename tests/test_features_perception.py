@@ -259,12 +259,17 @@ def test_log_mel_matches_transformers() -> None:
     np.testing.assert_allclose(mine, expected, atol=1e-4)
 
 
-def test_speech_mask_leaves_out_silence() -> None:
-    from features.whisper import speech_mask
+def test_speech_mask_and_span_leave_out_silence() -> None:
+    from features.whisper import speech_mask, speech_span
 
     audio = speechlike(0.5, silence=0.5)
     mask = speech_mask(audio, 50)
     assert mask.tolist() == [False] * 25 + [True] * 25
+    # 1 s of silence, 0.5 s of speech, 1 s of silence: the span keeps the speech and 0.2 s either side
+    padded = np.concatenate([np.zeros(SAMPLE_RATE, np.float32), speechlike(0.5), np.zeros(SAMPLE_RATE, np.float32)])
+    span = speech_span(padded)
+    assert span.size == int(0.9 * SAMPLE_RATE)
+    np.testing.assert_array_equal(span, padded[int(0.8 * SAMPLE_RATE) : int(1.7 * SAMPLE_RATE)])
 
 
 def test_whisper_extractor_pools_encoder_states() -> None:
