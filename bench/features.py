@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 import av
+import cv2
+import matplotlib
 import numpy as np
 
 from bench.scenes import background, load_portraits, wide_shot
@@ -51,19 +53,36 @@ def shot_frames(rng: np.random.Generator, count: int, width: int, height: int) -
 
 
 def _resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
-    import cv2
-
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
 
 
-def write_clip(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int = 25) -> None:
-    """An H.264 (x264 veryfast, about 2 Mbit/s at 720p) + AAC mp4 of RGB `frames` and 16 kHz mono `audio`."""
+def face_frames(count: int, size: int = 160) -> np.ndarray:
+    """(count, size, size, 3) RGB frames of matplotlib's Grace Hopper photo (a face Haar finds), drifting."""
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    image = cv2.resize(cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)[:512], (size, size))
+    return np.stack([np.roll(image, i % 20, axis=1) for i in range(count)])
+
+
+def write_clip(path: Path, frames: np.ndarray, seconds: float, fps: int, seed: int) -> None:
+    """An H.264 + AAC mp4 of `frames` (repeated) at `fps` with a noisy tone at 16 kHz: small clips for tests."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    audio = (0.3 * np.sin(2 * np.pi * rng.uniform(120, 300) * t) + 0.02 * rng.standard_normal(t.size))
+    count = int(seconds * fps)
+    write_mp4(path, frames[np.arange(count) % len(frames)], audio.astype(np.float32), fps, preset="ultrafast")
+
+
+def write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int = 25, preset: str = "veryfast",
+              bit_rate: int | None = None) -> None:
+    """An H.264 (x264 `preset`, at `bit_rate` else x264's default quality) + AAC mp4 of RGB `frames` and 16 kHz
+    mono `audio`."""
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=fps)
         video.height, video.width = frames.shape[1:3]
         video.pix_fmt = "yuv420p"
-        video.bit_rate = int(2_000_000 * frames.shape[1] * frames.shape[2] / (1280 * 720))
-        video.options = {"preset": "veryfast"}
+        if bit_rate is not None:
+            video.bit_rate = bit_rate
+        video.options = {"preset": preset}
         sound = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
         for i, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
@@ -88,7 +107,8 @@ def write_clips(folder: Path, count: int, distinct: int, seconds: float, size: t
         # the sensor noise changes every frame, as a camera's does, so the bitrate is a real video's
         frames = shot_frames(rng, int(seconds * fps), *size)
         audio = synth_speech(audio_cues(LABELS[i % len(LABELS)], 0.8, rng), seconds, rng)
-        write_clip(path, frames, audio, fps)
+        # about 2 Mbit/s at 720p, as broadcast video
+        write_mp4(path, frames, audio, fps, bit_rate=int(2_000_000 * size[0] * size[1] / (1280 * 720)))
         sources.append(path)
     refs = []
     for i in range(count):
