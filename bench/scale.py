@@ -116,9 +116,11 @@ def load(root: Path, labelled: int, pool: int, cold: bool) -> dict[str, float]:
             path.unlink()
     names = sum(names_of(labelled, pool), [])
     started = time.perf_counter()
-    loaded = load_run_features(root / "run", FeatureSettings(), names)
-    assert loaded.masks.shape == (len(names), 3)
-    return {"clips": len(names), "files": 3 * len(names), "seconds": time.perf_counter() - started}
+    settings = FeatureSettings()
+    loaded = load_run_features(root / "run", settings, names)
+    extractors = len(settings.extractors)
+    assert loaded.masks.shape == (len(names), extractors)
+    return {"clips": len(names), "files": extractors * len(names), "seconds": time.perf_counter() - started}
 
 
 def distill_stage(root: Path, epochs: int) -> dict[str, float]:
@@ -193,7 +195,8 @@ def main() -> None:
     if args.stage:
         print(json.dumps(run_stage(args.stage, args.root, args.labelled, args.pool, args.epochs)))
         return
-    print(f"{args.labelled} labelled + {args.pool} pool clips, 3 extractors, 3 agents, {args.epochs} epoch(s)")
+    print(f"{args.labelled} labelled + {args.pool} pool clips, the default extractors, 3 agents, "
+          f"{args.epochs} epoch(s)")
     if args.root:
         bench(args.root, args.labelled, args.pool, args.epochs)
         return

@@ -10,6 +10,7 @@ import pytest
 
 from bench.scale import bench, names_of
 from clips.run import RunPaths
+from features import DEFAULT_EXTRACTORS
 
 pytestmark = pytest.mark.slow
 LABELLED, POOL = 1_000, 15_000
@@ -21,7 +22,7 @@ def test_every_stage_at_test_scale_fits_in_4_gb(tmp_path: Path) -> None:
 
     for stage, record in records.items():
         assert record["peak_mib"] < PEAK_LIMIT_MIB, (stage, record)
-    assert records["load_cold"]["files"] == 3 * (LABELLED + POOL)
+    assert records["load_cold"]["files"] == len(DEFAULT_EXTRACTORS) * (LABELLED + POOL)
     # warm: one consolidated file per extractor instead of 48,000 clip files
     assert records["load_warm"]["seconds"] < records["load_cold"]["seconds"]
     assert records["submit"]["predictions"] == POOL
