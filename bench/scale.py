@@ -161,9 +161,23 @@ def run_stage(stage: str, root: Path, labelled: int, pool: int, epochs: int) -> 
         facts = submit_stage(root)
     else:
         raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
-    # ru_maxrss is in KiB on Linux; children (spawned workers) count too
-    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    # KiB; children (spawned workers) count too
+    peak = max(own_peak_kib(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     return {"stage": stage, "wall_s": time.perf_counter() - started, "peak_mib": peak / 1024, **facts}
+
+
+def own_peak_kib() -> int:
+    """Peak resident memory of this process's own address space, in KiB.
+
+    VmHWM starts afresh at exec; ru_maxrss does not: a stage started by a process that already held 10 GB (a test
+    run that loaded a model, say) would report the parent's peak as its own.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def bench(root: Path, labelled: int, pool: int, epochs: int, echo=print) -> list[dict]:
