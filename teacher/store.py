@@ -187,3 +187,15 @@ class AgentStore:
                 dst, src = map(list, zip(*rows, strict=True))
                 out[a, dst] = fold_probs[src]
         return out
+
+    def mass_matrix(self, agents: list[str], names: list[str]) -> np.ndarray:
+        """(agents, clips) label mass aligned with `names`: NaN where an agent stored none (feature agents)."""
+        out = np.full((len(agents), len(names)), np.nan, dtype=np.float32)
+        position = {n: i for i, n in enumerate(names)}
+        for a, agent in enumerate(agents):
+            stored_names, mass = self.read_mass(agent)
+            rows = [(position[n], j) for j, n in enumerate(stored_names) if n in position]
+            if rows:
+                dst, src = map(list, zip(*rows, strict=True))
+                out[a, dst] = mass[src]
+        return out

@@ -137,6 +137,9 @@ def test_teacher_label_holds_one_llm_model_at_a_time(tiny_dirs, refs, tmp_path, 
     with_text = [i for i, n in enumerate(stored_names) if refs[n].transcript]
     assert len(with_text) == 4 and np.isnan(np.delete(mass, with_text)).all()
     assert ((mass[with_text] > 0) & (mass[with_text] < 1)).all()
+    matrix = store.mass_matrix(["text-0", "text-1"], stored_names)  # (agents, clips), what a filter reads
+    assert matrix.shape == (2, 6)
+    np.testing.assert_array_equal(matrix[0], mass)
     # a rerun builds nothing: every clip is stored
     live_at_build.clear()
     assert label_agents(cfg, AgentContext(features=None, labels={}, clips=refs), names)[1] == {"text-0": 6, "text-1": 6}
