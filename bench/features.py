@@ -73,9 +73,9 @@ def write_clip(path: Path, frames: np.ndarray, seconds: float, fps: int, seed: i
 
 
 def write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int = 25, preset: str = "veryfast",
-              bit_rate: int | None = None) -> None:
-    """An H.264 (x264 `preset`, at `bit_rate` else x264's default quality) + AAC mp4 of RGB `frames` and 16 kHz
-    mono `audio`."""
+              bit_rate: int | None = None) -> Path:
+    """Write an H.264 (x264 `preset`, at `bit_rate` else x264's default quality) + AAC mp4 of RGB `frames` and
+    16 kHz mono `audio` to `path`; returns `path`."""
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=fps)
         video.height, video.width = frames.shape[1:3]
@@ -95,6 +95,7 @@ def write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int = 25, 
             chunk.pts = start
             out.mux(sound.encode(chunk))
         out.mux(sound.encode())
+    return path
 
 
 def write_clips(folder: Path, count: int, distinct: int, seconds: float, size: tuple[int, int]) -> list[ClipRef]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -71,21 +72,26 @@ class AgentStore:
             return []
         return sorted(p for p in folder.iterdir() if _SHARD.match(p.name))
 
-    def read(self, agent: str) -> tuple[list[str], np.ndarray]:
-        """All stored (names, probs (n, 6)) of `agent`, first occurrence of a name kept."""
-        names: list[str] = []
-        blocks: list[np.ndarray] = []
+    def _first_rows(self, agent: str) -> Iterator[tuple[Path, dict, list[int], list[str]]]:
+        """(shard, its arrays, indices of the names no earlier shard stored, those names) per shard of `agent`."""
         seen: set[str] = set()
         for shard in self._shards(agent):
             data = load_npz(shard)
             shard_names = [str(n) for n in data["names"]]
-            probs = data["probs"].astype(np.float32)
-            if probs.shape != (len(shard_names), NUM_LABELS):
-                raise ValueError(f"{shard}: probs of shape {probs.shape} for {len(shard_names)} names; "
-                                 "delete the shard and rerun teacher-label")
             keep = [i for i, n in enumerate(shard_names) if n not in seen]
             seen.update(shard_names[i] for i in keep)
-            names.extend(shard_names[i] for i in keep)
+            yield shard, data, keep, [shard_names[i] for i in keep]
+
+    def read(self, agent: str) -> tuple[list[str], np.ndarray]:
+        """All stored (names, probs (n, 6)) of `agent`, first occurrence of a name kept."""
+        names: list[str] = []
+        blocks: list[np.ndarray] = []
+        for shard, data, keep, kept in self._first_rows(agent):
+            probs = data["probs"].astype(np.float32)
+            if probs.shape != (len(data["names"]), NUM_LABELS):
+                raise ValueError(f"{shard}: probs of shape {probs.shape} for {len(data['names'])} names; "
+                                 "delete the shard and rerun teacher-label")
+            names.extend(kept)
             blocks.append(probs[keep])
         probs = np.concatenate(blocks) if blocks else np.zeros((0, NUM_LABELS), np.float32)
         return names, probs
@@ -95,15 +101,10 @@ class AgentStore:
         shards hold no per-fold probabilities (an agent fitted without folds, or one that saw no label)."""
         names: list[str] = []
         blocks: list[np.ndarray] = []
-        seen: set[str] = set()
-        for shard in self._shards(agent):
-            data = load_npz(shard)
+        for _, data, keep, kept in self._first_rows(agent):
             if "fold_probs" not in data:
                 return None
-            shard_names = [str(n) for n in data["names"]]
-            keep = [i for i, n in enumerate(shard_names) if n not in seen]
-            seen.update(shard_names[i] for i in keep)
-            names.extend(shard_names[i] for i in keep)
+            names.extend(kept)
             blocks.append(data["fold_probs"].astype(np.float32)[keep])
         if not blocks:
             return None
@@ -144,15 +145,10 @@ class AgentStore:
         """All stored (names, (n,) label mass) of `agent`, first occurrence kept; NaN for shards without mass."""
         names: list[str] = []
         blocks: list[np.ndarray] = []
-        seen: set[str] = set()
-        for shard in self._shards(agent):
-            data = load_npz(shard)
-            shard_names = [str(n) for n in data["names"]]
-            mass = data["mass"].astype(np.float32) if "mass" in data else np.full(len(shard_names), np.nan,
+        for _, data, keep, kept in self._first_rows(agent):
+            mass = data["mass"].astype(np.float32) if "mass" in data else np.full(len(data["names"]), np.nan,
                                                                                    np.float32)
-            keep = [i for i, n in enumerate(shard_names) if n not in seen]
-            seen.update(shard_names[i] for i in keep)
-            names.extend(shard_names[i] for i in keep)
+            names.extend(kept)
             blocks.append(mass[keep])
         return names, np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import cv2
 import matplotlib
 import numpy as np
 import pytest
 
+from bench.features import write_mp4
 from clips.dataset import ClipRef
 from clips.media import SAMPLE_RATE, DecodedClip
 from clips.status import merge_status
@@ -181,30 +181,9 @@ def test_face_settings_change_the_cache_key() -> None:
         FaceExtractor(frame_side=32)
 
 
-def write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray | None, fps: int = 10) -> Path:
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=fps)
-        video.height, video.width = frames.shape[1:3]
-        video.pix_fmt = "yuv420p"
-        sound = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono") if audio is not None else None
-        for i, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = i
-            out.mux(video.encode(frame))
-        out.mux(video.encode())
-        if sound is not None:
-            for start in range(0, audio.size, 1024):
-                chunk = av.AudioFrame.from_ndarray(audio[None, start : start + 1024], format="flt", layout="mono")
-                chunk.sample_rate = SAMPLE_RATE
-                chunk.pts = start
-                out.mux(sound.encode(chunk))
-            out.mux(sound.encode())
-    return path
-
-
 def test_runner_decodes_at_the_largest_frame_side_and_hands_each_extractor_its_own(tmp_path: Path) -> None:
     frames = np.stack([wide_shot(90, 400, 300)[0]] * 10)
-    ref = ClipRef("wide", write_mp4(tmp_path / "wide.mp4", frames, speechlike(1.0)), None, None)
+    ref = ClipRef("wide", write_mp4(tmp_path / "wide.mp4", frames, speechlike(1.0), fps=10), None, None)
     face, small = FaceExtractor(frame_side=640), FaceExtractor(detector="haar", frame_side=320)
     assert frame_side(face) == 640 and frame_side(E5Extractor()) == DEFAULT_FRAME_SIDE
     worker = ClipWorker([face, small], tmp_path / "cache", num_frames=4)
@@ -218,7 +197,7 @@ def test_runner_decodes_at_the_largest_frame_side_and_hands_each_extractor_its_o
 
 def test_extract_features_with_the_new_extractors(tmp_path: Path) -> None:
     frames = np.stack([wide_shot(90, 400 + 4 * i, 300)[0] for i in range(10)])
-    ref = ClipRef("wide", write_mp4(tmp_path / "wide.mp4", frames, speechlike(1.0)), None, "我今天很高兴")
+    ref = ClipRef("wide", write_mp4(tmp_path / "wide.mp4", frames, speechlike(1.0), fps=10), None, "我今天很高兴")
     report = extract_features([ref], ["face", "whisper"], tmp_path / "cache", workers=1, progress=False)
     assert report.processed == 1 and report.errors == [] and report.status_counts == {"ok": 1}
     assert set(report.cpu_seconds) == {"decode", *report.cache_keys}
