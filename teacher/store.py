@@ -158,10 +158,8 @@ class AgentStore:
         position = {n: i for i, n in enumerate(names)}
         for a, agent in enumerate(agents):
             stored_names, probs = self.read(agent)
-            rows = [(position[n], j) for j, n in enumerate(stored_names) if n in position]
-            if rows:
-                dst, src = map(list, zip(*rows, strict=True))
-                out[a, dst] = probs[src]
+            dst, src = _aligned(stored_names, position)
+            out[a, dst] = probs[src]
         return out
 
     def matrix_folds(self, agents: list[str], names: list[str], folds: int) -> np.ndarray:
@@ -178,10 +176,8 @@ class AgentStore:
             if fold_probs.shape[1] != folds:
                 raise ValueError(f"{self.agent_dir(agent)}: {fold_probs.shape[1]} fold models, the run has {folds} "
                                  "folds; relabel the agent in a new --run folder")
-            rows = [(position[n], j) for j, n in enumerate(stored_names) if n in position]
-            if rows:
-                dst, src = map(list, zip(*rows, strict=True))
-                out[a, dst] = fold_probs[src]
+            dst, src = _aligned(stored_names, position)
+            out[a, dst] = fold_probs[src]
         return out
 
     def mass_matrix(self, agents: list[str], names: list[str]) -> np.ndarray:
@@ -190,8 +186,12 @@ class AgentStore:
         position = {n: i for i, n in enumerate(names)}
         for a, agent in enumerate(agents):
             stored_names, mass = self.read_mass(agent)
-            rows = [(position[n], j) for j, n in enumerate(stored_names) if n in position]
-            if rows:
-                dst, src = map(list, zip(*rows, strict=True))
-                out[a, dst] = mass[src]
+            dst, src = _aligned(stored_names, position)
+            out[a, dst] = mass[src]
         return out
+
+
+def _aligned(stored_names: list[str], position: dict[str, int]) -> tuple[list[int], list[int]]:
+    """(rows in the output, rows in the stored arrays) of the stored names that the output asks for."""
+    pairs = [(position[n], j) for j, n in enumerate(stored_names) if n in position]
+    return [d for d, _ in pairs], [s for _, s in pairs]
