@@ -283,7 +283,6 @@ def ask_cmd(clip, config_path, model, family, view, adapter, question, transcrip
     ask_clip(cfg.clip, cfg.agents, cfg.question, cfg.transcript, cfg.max_new_tokens, echo=click.echo)
 
 
-
 @main.command("fetch-llm", epilog="Example: python cli.py fetch-llm --size 1.5b  (after: pip install .[qwen-cpu])")
 @CONFIG
 @click.option("--size", type=click.Choice(["0.5b", "1.5b"]), help="Qwen2.5-Coder-Instruct size (default 1.5b).")

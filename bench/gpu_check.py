@@ -16,7 +16,6 @@ byte-level BPE is trained on the prompts.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from llm.families import get_family
 from llm.hf_backend import HFScorer, load_model, tokenizer_of
 from llm.prompts import PROMPT_SETS, build_prompt, scoring_plan
 from llm.requests import ClipMedia, RequestSettings, build_request
-from llm.tiny import TINY_MAX_PIXELS, TINY_MIN_PIXELS, build_tiny
+from llm.tiny import build_tiny, tiny_family
 
 VIEWS = {"qwen2_5_text": "text", "qwen2_audio": "audio", "qwen2_5_vl": "frames", "qwen2_5_omni": "audio+video"}
 _SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
@@ -71,14 +70,6 @@ def _media(n: int, seed: int = 0) -> list[ClipMedia]:
                       duration=2.0) for i in range(n)]
 
 
-def _family(name: str):
-    family = get_family(name)
-    if family.video is None:
-        return family
-    return dataclasses.replace(family, video=dataclasses.replace(family.video, min_pixels=TINY_MIN_PIXELS,
-                                                                   max_pixels=TINY_MAX_PIXELS))
-
-
 def compare(expected: np.ndarray, got: np.ndarray, mass_expected: np.ndarray, mass_got: np.ndarray,
             tolerance: float) -> tuple[bool, str]:
     """(within tolerance, a one-line summary) of two (n, 6) probability arrays and their (n,) label mass."""
@@ -91,7 +82,7 @@ def compare(expected: np.ndarray, got: np.ndarray, mass_expected: np.ndarray, ma
 
 def hf_check(name: str, tokenizer, root: Path, device: str, tolerance: float) -> tuple[bool, str]:
     """Score the tiny `name` model in float32 on CPU and in bf16 on `device`; compare."""
-    family = _family(name)
+    family = tiny_family(name)
     model, processor = build_tiny(name, tokenizer)
     folder = root / name
     model.save_pretrained(folder)

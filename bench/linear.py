@@ -6,8 +6,8 @@ Usage:
 
 For any labelled corpus: extracts (or reads the cached) features of the labelled clips, takes the run's fold
 assignment (run/folds.csv, written when absent), and scores, on the same folds, every model out of fold:
-    linear      standardised logistic regression on all blocks side by side (a missing block is its mean plus an
-                indicator), C chosen by an inner 3-fold CV on each training fold only;
+    linear      standardised logistic regression on all blocks side by side (a missing block zeroed, plus a
+                presence column per block), C chosen by an inner 3-fold CV on each training fold only;
     linear/<m>  the same on one modality's blocks (what the feature agents are);
     student     the default fusion student (its epoch chosen on an inner split), mean +- sd over --seeds.
 Nothing is chosen on the fold that is scored, so the numbers compare honestly.
@@ -91,9 +91,9 @@ def main() -> None:
         present = features.masks[:, chosen].any(axis=1)
         x = linear_design([features.blocks[i] for i in chosen], features.masks[:, chosen])
         predicted = linear_oof(x, y, fold_of)
-        # a clip without the modality gets the training folds' majority class, as the student would give its prior
-        majority = np.bincount(y).argmax()
-        rows.append((f"linear/{modality}", [score(y, np.where(present, predicted, majority)).waf], 0.0))
+        # a clip without the modality gets its training folds' majority class, as the student would give its prior
+        majority = np.array([np.bincount(y[fold_of != k]).argmax() for k in range(int(fold_of.max()) + 1)])
+        rows.append((f"linear/{modality}", [score(y, np.where(present, predicted, majority[fold_of])).waf], 0.0))
 
     student = StudentConfig(device="cpu", folds=cfg.folds)
     if args.epochs:

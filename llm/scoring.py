@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from scipy.special import logsumexp as _logsumexp
+from scipy.special import softmax as _softmax
 
 log = logging.getLogger(__name__)
 
@@ -167,17 +169,10 @@ def sequence_probs(answer_logprob: np.ndarray) -> np.ndarray:
 
 
 def logsumexp(x: np.ndarray) -> np.ndarray:
-    """log(sum(exp(x))) over the last axis, stable; -inf for an empty or all -inf axis."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.shape[-1] == 0:
-        return np.full(x.shape[:-1], -np.inf)
-    top = x.max(axis=-1, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        return (np.log(np.exp(x - top).sum(axis=-1)) + top[..., 0])
+    """log(sum(exp(x))) over the last axis (scipy's, stable); -inf for an all -inf axis."""
+    return _logsumexp(np.asarray(x, dtype=np.float64), axis=-1)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, stable for large values."""
-    shifted = np.exp(x - x.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
+    """Softmax over the last axis (scipy's, stable for large values)."""
+    return _softmax(np.asarray(x, dtype=np.float64), axis=-1)

@@ -71,6 +71,19 @@ TINY_MAX_PIXELS = 112 * 112
 TINY_AUDIO_SECONDS = 2
 
 
+def tiny_family(name: str):
+    """The llm.families record of `name` with video limits small enough for 112x112 test frames."""
+    import dataclasses
+
+    from llm.families import get_family
+
+    family = get_family(name)
+    if family.video is None:
+        return family
+    return dataclasses.replace(family, video=dataclasses.replace(family.video, min_pixels=TINY_MIN_PIXELS,
+                                                                   max_pixels=TINY_MAX_PIXELS))
+
+
 def qwen2_tokenizer():
     """The real Qwen2/Qwen2.5 BPE (ids identical to the hub tokenizers for text) plus the media special tokens.
 

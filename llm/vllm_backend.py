@@ -93,7 +93,7 @@ def parse_first_token(outputs: Sequence[Any], plan: LabelScoring, restricted: bo
     return probs, mass
 
 
-def parse_sequence(outputs: Sequence[Any], plan: LabelScoring) -> np.ndarray:
+def parse_sequence(outputs: Sequence[Any], plan: LabelScoring) -> tuple[np.ndarray, np.ndarray]:
     """((n, 6) probabilities, (n,) label mass) from RequestOutputs of sequence requests (6 per clip, clip-major).
 
     Sums prompt_logprobs over each answer's tokens (the prompt's last len(answer) tokens). Raises ValueError when

@@ -4,7 +4,9 @@ Usage:
     temperature = fit_temperature(oof_probs, y)                  # (clips, 6) probabilities, (clips,) labels
     calibrated = apply_temperature(pool_probs, temperature)
     ece_before, ece_after = expected_calibration_error(oof_probs, y), expected_calibration_error(calibrated, y)
-    held_out = cross_fit_calibration(labelled_probs, y, folds=5) # (agents, clips, 6), T fitted on other folds
+
+Cross-fitting over the run's folds (temperatures of fold k fitted on the other folds) is pseudo.measure's
+fold_calibrations and calibrated_held_out.
 
 Every function takes probabilities (rows summing to 1, NaN rows = no evidence) and works in log-probability space:
 softmax(log p / T) is temperature scaling of the logits log p + const, so no agent has to store its logits.
@@ -76,27 +78,3 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
     return float(ece)
-
-
-def fold_ids(n: int, folds: int, seed: int = 0) -> np.ndarray:
-    """(n,) fold index of each clip: a seeded permutation cut into `folds` near-equal parts."""
-    ids = np.empty(n, dtype=np.int64)
-    ids[np.random.default_rng(seed).permutation(n)] = np.arange(n) % folds
-    return ids
-
-
-def cross_fit_calibration(probs: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
-    """(agents, clips, 6) the labelled clips' probabilities, each fold scaled by temperatures fitted on the others.
-
-    This is what lets the labelled clips stand in for unlabelled ones: no clip's calibration saw its own label.
-    Raises ValueError when there are fewer clips than folds.
-    """
-    if len(labels) < folds:
-        raise ValueError(f"cross-fitting needs at least folds={folds} labelled clips, got {len(labels)}")
-    ids = fold_ids(len(labels), folds, seed)
-    out = np.full_like(probs, np.nan, dtype=np.float32)
-    for fold in range(folds):
-        held = ids == fold
-        temperatures = fit_temperatures(probs[:, ~held], labels[~held])
-        out[:, held] = apply_temperatures(probs[:, held], temperatures)
-    return out

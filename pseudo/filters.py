@@ -157,19 +157,16 @@ def flexmatch_thresholds(combined: np.ndarray, tau: float) -> np.ndarray:
     return np.maximum(beta / (2.0 - beta) * tau, tau / 2).astype(np.float32)
 
 
-def applied_thresholds(combined: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """(6,) the per-class confidence thresholds that `kept` (clips,) amounts to on `combined` (clips, 6): each
-    class's lowest kept confidence, above 1 (nothing passes) for a class with no kept clip.
+def applied_thresholds(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """(6,) the per-class confidence thresholds that a kept set amounts to, from its pseudo-labels `labels` (kept,)
+    and combined confidences `confidence` (kept,): each class's lowest kept confidence, inf (nothing passes) for a
+    class with no kept clip.
 
     A rule with quotas or caps (class_topk, max_ratio) keeps the most confident clips of each class, so on another
     set of clips (the held-out labelled ones) the same rule is exactly these thresholds.
     """
-    label, confidence = combined.argmax(axis=1), combined.max(axis=1)
     out = np.full(NUM_LABELS, np.inf, dtype=np.float64)
-    for c in range(NUM_LABELS):
-        mine = kept & (label == c)
-        if mine.any():
-            out[c] = confidence[mine].min()
+    np.minimum.at(out, np.asarray(labels, dtype=np.int64), np.asarray(confidence, dtype=np.float64))
     return out
 
 

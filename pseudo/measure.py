@@ -158,10 +158,7 @@ def cross_fit(labelled_probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarra
                    else target_thresholds(labelled_probs[:, train], labels[train], cfg, cal, cfg.target_precision))
         chosen = select_pseudo_labels(pool_probs[:, :, k], pool_names, cfg, counts, cal.temperatures,
                                       cal.agent_scores, targets)
-        pool_combined = combine_agents(pool_probs[:, :, k], cfg, cal.temperatures, cal.agent_scores)
-        on_pool = np.zeros(len(pool_names), dtype=bool)
-        on_pool[chosen.index] = True
-        applied = applied_thresholds(pool_combined, on_pool)         # (6,)
+        applied = applied_thresholds(chosen.labels, chosen.confidence)      # (6,)
         # the same filter on fold k's labelled clips: same calibration, same gate, the thresholds it applied
         held_probs = labelled_probs[:, held]
         combined = combine_agents(held_probs, cfg, cal.temperatures, cal.agent_scores)

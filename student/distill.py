@@ -190,6 +190,9 @@ class _Agents:
     pool: np.ndarray
     # per fold, fitted on the other folds' labelled clips
     calibrations: list[Calibration]
+    # cross-fits already computed on these agents, by the filter's repr: distill, the filter report and the
+    # ablation ask for the chosen filter and the fixed baseline more than once
+    fits: dict[str, CrossFit] = field(default_factory=dict)
 
 
 def read_hidden_labels(path: Path, pool: list[str]) -> np.ndarray:
@@ -290,7 +293,12 @@ def _student_as_agent(result: StudentResult, data: _Data, agents: _Agents) -> _A
 
 
 def _fit(data: _Data, agents: _Agents, cfg: FilterConfig) -> CrossFit:
-    return cross_fit(agents.labelled, data.y, data.fold_of, agents.pool, data.pool, cfg, agents.calibrations)
+    """The filter `cfg` cross-fitted on `agents` (computed once per filter and set of agents)."""
+    key = repr(cfg)
+    if key not in agents.fits:
+        agents.fits[key] = cross_fit(agents.labelled, data.y, data.fold_of, agents.pool, data.pool, cfg,
+                                     agents.calibrations)
+    return agents.fits[key]
 
 
 def _kept(fit: CrossFit) -> dict[str, int]:

@@ -519,6 +519,17 @@ def predict_student(
 
     Raises ValueError when the blocks do not match the trained feature sizes.
     """
+    return predict_folds(result, blocks, masks, batch_size).mean(axis=1)
+
+
+def predict_folds(
+    result: StudentResult, blocks: list[np.ndarray], masks: np.ndarray, batch_size: int = _EVAL_BATCH
+) -> np.ndarray:
+    """(N, K, 6) each fold model's softmax outputs for `blocks`/`masks`: fold k's model never saw fold k's labels,
+    so these are the student's pool scores when it becomes an agent (a second round of pseudo-labelling).
+
+    Raises ValueError when the blocks do not match the trained feature sizes.
+    """
     masks = np.asarray(masks)
     dims = [b.shape[1] if b.ndim == 2 else -1 for b in blocks]
     if (
@@ -533,23 +544,6 @@ def predict_student(
     device = pick_device(result.config.device)
     tensors = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for b in blocks]
     mask_tensor = torch.from_numpy(masks.astype(bool))
-    with _cpu_threads(device, batch_size):
-        models = _fold_models(result, device)
-        total = torch.zeros(len(masks), NUM_LABELS)
-        for model in models:
-            total += evaluate(model, tensors, mask_tensor, batch_size)
-    return (total / len(models)).numpy()
-
-
-def predict_folds(
-    result: StudentResult, blocks: list[np.ndarray], masks: np.ndarray, batch_size: int = _EVAL_BATCH
-) -> np.ndarray:
-    """(N, K, 6) each fold model's softmax outputs for `blocks`/`masks`: fold k's model never saw fold k's labels,
-    so these are the student's pool scores when it becomes an agent (a second round of pseudo-labelling)."""
-    masks = np.asarray(masks)
-    tensors = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for b in blocks]
-    mask_tensor = torch.from_numpy(masks.astype(bool))
-    device = pick_device(result.config.device)
     with _cpu_threads(device, batch_size):
         return torch.stack([evaluate(model, tensors, mask_tensor, batch_size)
                             for model in _fold_models(result, device)], dim=1).numpy()

@@ -140,7 +140,8 @@ def teacher_train(cfg: TeacherTrainConfig) -> TeacherTrainReport:
     """Fine-tune the teacher on every labelled clip of `cfg.data`; returns the report (also in out/report.json).
 
     With cfg.folds, one adapter per fold of the run's assignment (out/fold_K/, out/folds.json); the report's WAF is
-    then the mean of the folds' held-out WAFs.
+    then the mean of the folds' held-out WAFs (and
+    `waf_before` the mean of the base model's).
     """
     corpus = load_corpus(cfg.data, cfg.unlabelled_dir)
     if cfg.folds is None:
@@ -155,7 +156,9 @@ def teacher_train(cfg: TeacherTrainConfig) -> TeacherTrainReport:
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out) / "folds.json").write_text(json.dumps({"folds": cfg.folds, "seed": cfg.fold_seed}), "utf-8")
     wafs = [r.waf for r in reports if r.waf is not None]
+    before = [r.waf_before for r in reports if r.waf_before is not None]
     return replace(reports[-1], adapter_dir=Path(cfg.out), waf=float(np.mean(wafs)) if wafs else None,
+                   waf_before=float(np.mean(before)) if before else None,
                    losses=[loss for r in reports for loss in r.losses],
                    train_clips=sum(r.train_clips for r in reports) // cfg.folds,
                    held_clips=sum(r.held_clips for r in reports), elapsed=sum(r.elapsed for r in reports))

@@ -19,10 +19,8 @@ one line, and the other agents go on.
 """
 from __future__ import annotations
 
-import gc
 import json
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -100,14 +98,12 @@ def _score(agent: Agent, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def release(agent: Agent) -> None:
-    """Free what an agent holds (its model, a vLLM engine) before the next agent is built."""
+    """Free what an agent holds before the next agent is built: an LLM agent's close() drops its model (or shuts
+    its vLLM engine down) and hands the memory back (llm.hf_backend.release_memory); a feature agent holds only
+    arrays, freed with the last reference to it."""
     close = getattr(agent, "close", None)
     if callable(close):
         close()
-    gc.collect()
-    torch = sys.modules.get("torch")  # only when some agent loaded it: feature agents never need torch
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def labelled_scores(spec: AgentSpec) -> str:

@@ -216,17 +216,21 @@ def ask_clip(path: Path, agents: Sequence[Any], question: str | None = None, tra
     ref = ClipRef(name=path.stem, path=path, label=None, transcript=transcript)
     answers = []
     for spec in agents:
-        agent = LLMAgent(spec.name, LLMAgentOptions.from_options(spec.options, spec.name), {ref.name: ref})
+        # one clip: decoded once, here (no worker processes), for the scores and the free-text answer alike
+        options = dataclasses.replace(LLMAgentOptions.from_options(spec.options, spec.name), decode_workers=0)
+        agent = LLMAgent(spec.name, options, {ref.name: ref})
         try:
-            probs = agent.score([ref.name])[0]
-            if np.isnan(probs).any():
-                answers.append(AskAnswer(spec.name, {}, f"no {agent.options.view} media in {path.name}"))
+            decoded = agent.requests.cache.media(ref) if options.view != "text" else None
+            request = agent.requests.request(ref, decoded=decoded)
+            if request is None:
+                answers.append(AskAnswer(spec.name, {}, f"no {options.view} media in {path.name}"))
                 echo(f"{spec.name}: {answers[-1].text}")
                 continue
-            prompt = question or build_rationale_prompt(agent.options.language, agent.options.view)
+            probs = agent.scorer.scores([request])[0][0]
+            prompt = question or build_rationale_prompt(options.language, options.view)
             # the adapter taught a one-word answer: free text comes from the base model
-            text = agent.scorer.generate(agent.requests.request(ref, question=prompt), max_new_tokens,
-                                         adapter=False)
+            text = agent.scorer.generate(agent.requests.request(ref, question=prompt, decoded=decoded),
+                                         max_new_tokens, adapter=False)
         finally:
             agent.close()
         answers.append(AskAnswer(spec.name, dict(zip(LABELS, map(float, probs), strict=True)), text))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +30,7 @@ def tiny_dirs(qwen2_tok, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_family():
     """family name -> Family record with video limits small enough for 112x112 test frames."""
-    from llm.families import get_family
-    from llm.tiny import TINY_MAX_PIXELS, TINY_MIN_PIXELS
-
-    def make(name: str):
-        family = get_family(name)
-        if family.video is None:
-            return family
-        return dataclasses.replace(family, video=dataclasses.replace(family.video, min_pixels=TINY_MIN_PIXELS,
-                                                                       max_pixels=TINY_MAX_PIXELS))
+    from llm.tiny import tiny_family as make
 
     return make
 

@@ -3,12 +3,15 @@
 import numpy as np
 import pytest
 
+from clips.folds import stratified_folds
 from pseudo.calibration import (
     apply_temperature,
-    cross_fit_calibration,
+    apply_temperatures,
     expected_calibration_error,
     fit_temperature,
+    fit_temperatures,
 )
+from pseudo.measure import calibrated_held_out, fold_calibrations
 
 
 def _softmax(logits):
@@ -46,13 +49,16 @@ def test_ece_of_a_perfectly_calibrated_toy_is_zero_and_of_an_overconfident_one_i
     assert expected_calibration_error(probs, np.ones(20, dtype=int)) == pytest.approx(0.7)
 
 
-def test_cross_fit_calibration_uses_other_folds_only():
+def test_cross_fitted_calibration_uses_other_folds_only():
     rng = np.random.default_rng(1)
     logits = rng.normal(0, 3, size=(500, 6))
     labels = np.array([rng.choice(6, p=p) for p in _softmax(logits)])
     probs = _softmax(logits * 3.0)[None]                                # (agents=1, clips, 6)
-    held = cross_fit_calibration(probs, labels, folds=5)
+    fold_of = stratified_folds(labels, 5, seed=0)
+    calibrations = fold_calibrations(probs, labels, fold_of)
+    held = calibrated_held_out(probs, fold_of, calibrations)
     assert held.shape == probs.shape and not np.isnan(held).any()
     assert expected_calibration_error(held[0], labels) < expected_calibration_error(probs[0], labels) / 2
-    with pytest.raises(ValueError, match="folds=5"):
-        cross_fit_calibration(probs[:, :3], labels[:3], folds=5)
+    # fold 0's clips are scaled by the temperature fitted without them
+    outside = fit_temperatures(probs[:, fold_of != 0], labels[fold_of != 0])
+    np.testing.assert_allclose(held[:, fold_of == 0], apply_temperatures(probs[:, fold_of == 0], outside), atol=1e-6)

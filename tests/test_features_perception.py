@@ -15,6 +15,7 @@ import pytest
 
 from bench.features import write_mp4
 from clips.dataset import ClipRef
+from clips.io import CACHE_ENV
 from clips.media import SAMPLE_RATE, DecodedClip
 from clips.status import merge_status
 from features import build_extractor, cache_key, extract_features
@@ -211,7 +212,7 @@ def test_extract_features_with_the_new_extractors(tmp_path: Path) -> None:
 def test_whisper_model_is_joined_checked_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from features import whisper
 
-    monkeypatch.setenv(whisper.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     folder = whisper.model_dir()
     assert folder == tmp_path / "cache" / "whisper-base-ct2"
     assert (folder / "model.bin").stat().st_size == whisper.MODEL_BYTES
