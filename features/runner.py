@@ -18,6 +18,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -33,6 +34,7 @@ from clips.io import atomic_write_text, check_name, remove_partials
 from clips.status import format_status, merge_status, parse_status
 from features.base import (
     DEFAULT_FRAME_SIDE,
+    FEATURE_DECODE,
     Extractor,
     FeatureResult,
     cache_key,
@@ -81,11 +83,22 @@ class ExtractionReport:
     cache_keys: list[str]
     # CPU seconds of the worker processes summed over clips, by the same parts
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    # seconds from the start of the run at which each processed (not cached) clip finished, in order
+    finished: list[float] = field(default_factory=list)
 
     @property
     def clips_per_second(self) -> float:
         """Processed and skipped clips per wall-clock second."""
         return (self.processed + self.skipped) / max(self.elapsed, 1e-9)
+
+    @property
+    def steady_clips_per_second(self) -> float:
+        """Processed clips per second over the run's second half: the rate once workers have started and loaded
+        their models, which is what a long run goes at (0 with fewer than 4 processed clips)."""
+        half = len(self.finished) // 2
+        if half < 2:
+            return 0.0
+        return (len(self.finished) - half) / max(self.finished[-1] - self.finished[half - 1], 1e-9)
 
 
 def _empty_clip(name: str) -> media.DecodedClip:
@@ -130,7 +143,8 @@ class ClipWorker:
             return _empty_clip(ref.name), ""
         side = max((frame_side(e) for e in todo if e.modality == "visual"), default=DEFAULT_FRAME_SIDE)
         try:
-            clip = media.decode_clip(Path(ref.path), name=ref.name, num_frames=self.num_frames, max_side=side)
+            clip = media.decode_clip(Path(ref.path), name=ref.name, num_frames=self.num_frames, max_side=side,
+                                     **FEATURE_DECODE)
         except NotImplementedError:
             raise
         except Exception as err:  # decode_clip should flag broken files itself; this is the last resort
@@ -191,17 +205,25 @@ _WORKER: ClipWorker | None = None
 
 
 def _limit_threads() -> None:
-    """One compute thread per worker process: `workers` processes already use the cores."""
+    """One compute thread per worker process: `workers` processes already use the cores.
+
+    The variables reach libraries loaded from here on; numpy's OpenBLAS is already loaded when a spawned worker
+    starts, so its pool is capped at run time too: left at one thread per core, a small matrix product (Whisper's
+    mel filter bank) wakes threads that spin past it, and Whisper's encoder then cost twice its CPU time.
+    """
     for var in _THREAD_VARS:
         os.environ[var] = "1"
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
     import cv2
 
     cv2.setNumThreads(1)
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.set_num_threads(1)
+    # the embedded extractors run without torch, and importing it only to limit it costs each worker seconds of
+    # start-up; torch loaded later by an extractor reads OMP_NUM_THREADS, one loaded already is limited here
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def _init_worker(names: Sequence[str], options: dict[str, dict], cache_root: Path, num_frames: int) -> None:
@@ -386,6 +408,7 @@ def extract_features(
     cpu_seconds: Counter[str] = Counter()
     errors: list[tuple[str, str, str]] = []
     processed = skipped = 0
+    finished: list[float] = []
     run_todo = _outcomes_ray if engine == "ray" else _outcomes
     outcomes = itertools.chain(cached, run_todo(todo, extractor_names, options, cache_root, workers, num_frames))
     for outcome in tqdm(outcomes, total=len(refs), disable=not progress, unit="clip", desc="features"):
@@ -396,6 +419,8 @@ def extract_features(
         errors.extend((outcome.name, key, message) for key, message in outcome.errors)
         processed += outcome.computed
         skipped += not outcome.computed
+        if outcome.computed:
+            finished.append(time.perf_counter() - started)
     write_status_csv(cache_root, {ref.name: statuses[ref.name] for ref in refs})
     if todo:
         # consolidate what this run wrote, so later stages load the features without reading clip files
@@ -409,5 +434,6 @@ def extract_features(
         elapsed=time.perf_counter() - started,
         seconds=dict(seconds),
         cpu_seconds=dict(cpu_seconds),
+        finished=finished,
         cache_keys=keys,
     )

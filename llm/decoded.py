@@ -28,7 +28,7 @@ import numpy as np
 
 from clips.dataset import ClipRef
 from clips.io import atomic_save_npz, load_npz
-from clips.media import decode_clip
+from clips.media import FRAME_SCALING, decode_clip
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ class DecodeSettings:
     faces: bool = False
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        described = {**asdict(self), "frame_scaling": FRAME_SCALING}  # the decoder's resize filter changes frames
+        return hashlib.sha1(json.dumps(described, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass

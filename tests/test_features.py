@@ -101,6 +101,43 @@ def test_cache_key_is_name_and_settings_hash() -> None:
     assert cache_key(build_extractor("e5", num_frames=4)) == cache_key(build_extractor("e5"))
 
 
+def test_visual_cache_keys_follow_how_frames_are_decoded(monkeypatch) -> None:
+    import features.base
+
+    face, egemaps = cache_key(build_extractor("face")), cache_key(build_extractor("egemaps"))
+    monkeypatch.setattr(features.base, "FEATURE_DECODE", {"deblock": True})
+    assert cache_key(build_extractor("face")) != face  # frames decoded otherwise: the cached vectors are not reused
+    assert cache_key(build_extractor("egemaps")) == egemaps  # audio features do not depend on frame decoding
+    monkeypatch.setattr(features.base, "FRAME_SCALING", "BICUBIC")
+    monkeypatch.setattr(features.base, "FEATURE_DECODE", {"deblock": False})
+    assert cache_key(build_extractor("face")) != face
+
+
+def test_steady_rate_leaves_out_the_first_half_of_the_clips() -> None:
+    from features.runner import ExtractionReport
+
+    # 4 s of start-up for the first clip, then one clip every 0.25 s
+    finished = [4.0 + 0.25 * i for i in range(8)]
+    report = ExtractionReport(processed=8, skipped=0, status_counts={}, errors=[], elapsed=6.0, seconds={},
+                              cache_keys=[], finished=finished)
+    assert report.clips_per_second == pytest.approx(8 / 6.0)
+    assert report.steady_clips_per_second == pytest.approx(4.0)  # clips 5..8 over the 1 s after clip 4
+    assert ExtractionReport(3, 0, {}, [], 1.0, {}, [], finished=[0.1, 0.2, 0.3]).steady_clips_per_second == 0.0
+
+
+def test_worker_thread_limits_reach_an_already_loaded_blas() -> None:
+    import subprocess
+    import sys
+
+    # a fresh interpreter: numpy (and its OpenBLAS pool) is loaded before the limit, as in a spawned worker
+    # (set to 3 threads first, so the check means something on a one-core machine too)
+    code = ("import numpy, features.runner as r; from threadpoolctl import threadpool_info, threadpool_limits; "
+            "threadpool_limits(3); r._limit_threads(); print(sorted({p['num_threads'] for p in threadpool_info()}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[1]"
+
+
 # ---------------------------------------------------------------- embedded extractors
 
 

@@ -285,3 +285,25 @@ def test_decoding_a_short_clip_is_fast(tmp_path: Path) -> None:
         times.append(time.perf_counter() - start)
     # about 25 ms on one free core; the bound is loose so a busy test machine does not fail it
     assert float(np.median(times)) < 0.2
+
+
+def test_skipping_the_deblocking_filter_keeps_timing_and_changes_pixels_a_little(tmp_path: Path) -> None:
+    from bench.features import write_mp4
+
+    rng = np.random.default_rng(0)
+    # a smooth gradient drifting under sensor noise, squeezed to 150 kbit/s: blocky enough for the filter to act
+    ramp = np.linspace(0, 255, 320, dtype=np.float32)[None, :, None]
+    frames = [np.clip(np.roll(ramp, 4 * i, axis=1) + rng.normal(0, 12, (192, 320, 3)), 0, 255).astype(np.uint8)
+              for i in range(30)]
+    path = write_mp4(tmp_path / "blocky.mp4", np.stack(frames), np.zeros(SAMPLE_RATE, np.float32), fps=10,
+                     bit_rate=150_000)
+
+    filtered = decode_clip(path, num_frames=6)
+    unfiltered = decode_clip(path, num_frames=6, deblock=False)
+
+    assert unfiltered.status == filtered.status == ()
+    assert unfiltered.frames.shape == filtered.frames.shape == (6, 192, 320, 3)
+    np.testing.assert_array_equal(unfiltered.frame_times, filtered.frame_times)
+    error = np.mean((unfiltered.frames.astype(np.float64) - filtered.frames) ** 2)
+    assert error > 0  # the filter did run on the default path
+    assert 10 * np.log10(255**2 / error) > 30  # and leaving it out is a small change
