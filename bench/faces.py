@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from bench.scenes import background, face_hit, load_portraits, wide_shot
-from features.base import fit_frames
+from clips.media import fit_frames
 from features.face import FaceDetector, FaceExtractor
 
 WIDTHS = (36, 48, 64, 90, 130, 200, 300)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 from clips.status import merge_status
@@ -74,6 +75,16 @@ def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     """(width, height) shrunk so the longer side is at most `max_side`, aspect kept; never enlarged."""
     scale = min(1.0, max_side / max(width, height, 1))
     return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def fit_frames(frames: np.ndarray, side: int) -> np.ndarray:
+    """RGB `frames` (T, H, W, 3) shrunk (area interpolation) so the long side is at most `side`; never enlarged."""
+    height, width = frames.shape[1:3]
+    scale = side / max(height, width)
+    if scale >= 1.0:
+        return frames
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])
 
 
 @dataclass

@@ -8,7 +8,8 @@ Usage:
     key = cache_key(MyExtractor())           # "mine-3f2a9c1d": the cache folder of these settings
 Missing modalities are a FeatureResult with vector None and a flag from clips.status.STATUSES.
 A visual extractor may declare `frame_side`, the long side in pixels of the frames it wants; the runner decodes at
-the largest any extractor of a run asks for and hands each extractor frames no larger than its own (fit_frames).
+the largest any extractor of a run asks for and hands each extractor frames no larger than its own
+(clips.media.fit_frames).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import json
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-import cv2
 import numpy as np
 
 from clips.media import FRAME_SCALING, DecodedClip
@@ -101,12 +101,3 @@ def frame_side(extractor: Extractor) -> int:
     """Long side in pixels of the frames `extractor` wants: its `frame_side`, else DEFAULT_FRAME_SIDE."""
     return int(getattr(extractor, "frame_side", DEFAULT_FRAME_SIDE))
 
-
-def fit_frames(frames: np.ndarray, side: int) -> np.ndarray:
-    """RGB `frames` (T, H, W, 3) shrunk (area interpolation) so the long side is at most `side`; never enlarged."""
-    height, width = frames.shape[1:3]
-    scale = side / max(height, width)
-    if scale >= 1.0:
-        return frames
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])

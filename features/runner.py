@@ -31,6 +31,7 @@ import numpy as np
 from clips import media
 from clips.dataset import ClipRef
 from clips.io import atomic_write_text, check_name, remove_partials
+from clips.media import fit_frames
 from clips.status import format_status, merge_status, parse_status
 from features.base import (
     DEFAULT_FRAME_SIDE,
@@ -39,7 +40,6 @@ from features.base import (
     FeatureResult,
     cache_key,
     finite_vector,
-    fit_frames,
     frame_side,
     missing,
 )

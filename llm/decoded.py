@@ -6,7 +6,7 @@ Usage:
     for ref, media in zip(refs, cache.iter_media(refs)):                    # in order, decoded `ahead` clips early
         media.audio, media.frames, media.faces, media.duration               # None where the clip has none
 
-Decoding a 720p clip costs about as much CPU as scoring it (H.264 decode, resampling, the Haar face detector), and
+Decoding a 720p clip costs about as much CPU as scoring it (H.264 decode, resampling, the face detector), and
 every LLM agent of a run reads the same clips: each clip is decoded once into `<folder>/<settings key>/<name>-<file
 key>.npz` (16 kHz audio, the sampled frames, their face crops, the duration) by a pool of worker processes that
 runs ahead of the model, and every later agent, and teacher-train, reads that file instead. The settings key
@@ -28,7 +28,7 @@ import numpy as np
 
 from clips.dataset import ClipRef
 from clips.io import atomic_save_npz, load_npz
-from clips.media import FRAME_SCALING, decode_clip
+from clips.media import FRAME_SCALING, decode_clip, fit_frames
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ class DecodeSettings:
     faces: bool = False
 
     def key(self) -> str:
-        described = {**asdict(self), "frame_scaling": FRAME_SCALING}  # the decoder's resize filter changes frames
+        # the decoder's resize filter changes frames, and the face detector the crops
+        described = {**asdict(self), "frame_scaling": FRAME_SCALING, "faces_by": "blazeface" if self.faces else None}
         return hashlib.sha1(json.dumps(described, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -67,14 +68,17 @@ def decode_media(ref: ClipRef, settings: DecodeSettings) -> DecodedMedia | None:
     """Decode one clip's file (None when it has none)."""
     if ref.path is None:
         return None
-    clip = decode_clip(Path(ref.path), name=ref.name, num_frames=settings.num_frames,
-                       max_seconds=settings.max_seconds, max_side=settings.frame_side)
-    faces = None
-    if settings.faces and clip.frames is not None:
-        from llm.views import face_crops
+    from llm.views import FACE_FRAME_SIDE, face_crops
 
-        faces = face_crops(clip.frames)
-    return DecodedMedia(audio=clip.audio, frames=clip.frames, faces=faces, duration=float(clip.duration))
+    # faces are found and cut on larger frames than the frames view shows: in a wide shot they are small
+    side = max(settings.frame_side, FACE_FRAME_SIDE) if settings.faces else settings.frame_side
+    clip = decode_clip(Path(ref.path), name=ref.name, num_frames=settings.num_frames,
+                       max_seconds=settings.max_seconds, max_side=side)
+    frames, faces = clip.frames, None
+    if frames is not None and settings.faces:
+        faces = face_crops(frames)
+        frames = fit_frames(frames, settings.frame_side)
+    return DecodedMedia(audio=clip.audio, frames=frames, faces=faces, duration=float(clip.duration))
 
 
 def _file_key(path: Path) -> str:

@@ -15,12 +15,12 @@ import pytest
 
 from bench.features import write_mp4
 from clips.dataset import ClipRef
+from clips.faces import BlazeFaceDetector
 from clips.io import CACHE_ENV
-from clips.media import SAMPLE_RATE, DecodedClip
+from clips.media import SAMPLE_RATE, DecodedClip, fit_frames
 from clips.status import merge_status
 from features import build_extractor, cache_key, extract_features
-from features.base import DEFAULT_FRAME_SIDE, fit_frames, frame_side
-from features.detect import BlazeFaceDetector
+from features.base import DEFAULT_FRAME_SIDE, frame_side
 from features.expression import (
     EXPRESSION_DIM,
     FER_LABELS,

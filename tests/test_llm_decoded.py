@@ -42,3 +42,30 @@ def test_workers_decode_ahead_once_and_later_readers_use_the_files(clip_refs, tm
 def test_prefetch_keeps_the_order():
     assert list(prefetch(abs, [-3, 1, -2, 5, -8], workers=2, ahead=2)) == [3, 1, 2, 5, 8]
     assert list(prefetch(abs, [-1, 2], workers=0, ahead=1)) == [1, 2]
+
+
+def test_face_view_finds_a_wide_shot_face_and_frames_keep_their_size(tmp_path):
+    from bench.features import write_mp4
+    from bench.scenes import background, face_hit, load_portraits, wide_shot
+    from clips.faces import BlazeFace
+    from llm.views import FACE_MARGIN, FACE_SIZE
+
+    rng = np.random.default_rng(3)
+    scene, portrait = background(rng), load_portraits()[0]
+    # a face 64 pixels wide in 1280x720: 48 at the face view's 960, 22 in the 448-pixel frames the model sees
+    shots = [wide_shot(rng, portrait, 64, scene, (500 + 3 * i, 250)) for i in range(10)]
+    path = write_mp4(tmp_path / "wide.mp4", np.stack([frame for frame, _ in shots]),
+                     np.zeros(16_000, np.float32), fps=10)
+    settings = DecodeSettings(num_frames=4, frame_side=448, faces=True)
+
+    media = DecodedCache(None, settings, workers=0).media(ClipRef("wide", path, None, None))
+
+    assert media.frames.shape == (4, 252, 448, 3)
+    assert media.faces.shape == (4, FACE_SIZE, FACE_SIZE, 3)
+    # each crop is centred on the face, which fills about 1 / (1 + 2 margin) of its side
+    for crop in media.faces:
+        faces = BlazeFace("short")(crop)
+        assert len(faces) == 1
+        width = FACE_SIZE / (1 + 2 * FACE_MARGIN)
+        centre = FACE_SIZE / 2 - width / 2
+        assert face_hit(faces[0].box, (centre - 0.15 * width, centre - 0.15 * width, 1.3 * width, 1.3 * width))

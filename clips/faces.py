@@ -13,7 +13,8 @@ Search order per frame, stopping at the first hit:
        long side (50 pixels of a 1280x720 frame); run on at most `tile_frames` frames of a clip, so a clip with
        nobody in it costs 2 model runs per frame plus a few tile searches.
 Among several faces the tracked one wins, else the largest (a close-up of the speaker is the common shot).
-The models are vendored in features/models (see its README.md: source package, licence, sha256).
+The models are vendored in clips/models (see its README.md: source package, licence, sha256). Feature
+extraction (features.face) and the LLM teacher's face view (llm.views) both use this detector.
 """
 
 from __future__ import annotations
@@ -67,12 +68,11 @@ _VARIANTS: dict[str, tuple[str, int, tuple[tuple[int, int], ...]]] = {
 class TfliteModel:
     """A vendored .tflite network on one CPU thread (XNNPACK): arrays in, arrays out; loads no pickle."""
 
-    def __init__(self, file_name: str, threads: int = 1) -> None:
+    def __init__(self, path: Path, threads: int = 1) -> None:
         from ai_edge_litert.interpreter import Interpreter  # imported here: building extractors stays cheap
 
-        path = MODELS / file_name
-        if not path.is_file():
-            raise FileNotFoundError(f"model {path} is missing; reinstall mer-semi (features/models ships it)")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"model {path} is missing; reinstall mer-semi (its package ships the file)")
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]["index"]
@@ -90,7 +90,7 @@ class BlazeFace:
 
     def __init__(self, variant: str = "full", min_score: float = 0.5, nms_iou: float = 0.3) -> None:
         file_name, self.size, grids = _VARIANTS[variant]
-        self.net = TfliteModel(file_name)
+        self.net = TfliteModel(MODELS / file_name)
         self.anchors = _anchors(self.size, grids)
         self.min_score = min_score
         self.nms_iou = nms_iou
