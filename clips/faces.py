@@ -1,18 +1,23 @@
-"""Face detection on real-size frames: MediaPipe's BlazeFace (run by ai-edge-litert), one face tracked per clip.
+"""Where the faces are in a clip's frames: MediaPipe's BlazeFace (run by ai-edge-litert), one person per clip.
 
 Usage:
     detector = BlazeFaceDetector()
-    faces = detector.detect(frames)          # (T, H, W, 3) RGB -> one Face or None per frame
+    faces = detector.detect(frames)          # (T, H, W, 3) RGB -> the chosen person's Face or None per frame
     faces[0].box, faces[0].keypoints         # (x, y, w, h) in pixels; (6, 2) eyes, nose, mouth, ears
+    tracks = detector.tracks(frames)         # every person seen, each a track of faces by frame
 
-Search order per frame, stopping at the first hit:
-    1. around the face of the previous frame, with the short-range model (a square 3 face-sides wide, so the face
-       fills a third of its 128-pixel input): the track, and the cheap common case;
-    2. the whole frame, letterboxed to 192 pixels: faces wider than about 1/12 of the long side;
-    3. square tiles as tall as the frame across its width (3 on a 16:9 frame): faces down to about 1/25 of the
-       long side (50 pixels of a 1280x720 frame); run on at most `tile_frames` frames of a clip, so a clip with
-       nobody in it costs 2 model runs per frame plus a few tile searches.
-Among several faces the tracked one wins, else the largest (a close-up of the speaker is the common shot).
+Search per frame:
+    1. around the last face of each track (the `max_tracked` biggest), with the short-range model (a square 3
+       face-sides wide, so the face fills a third of its 128-pixel input): the cheap common case;
+    2. every `scan_every`-th frame, and when step 1 finds nothing, the whole frame, letterboxed to 192 pixels:
+       faces wider than about 1/12 of the long side, and people coming into the shot;
+    3. when nothing is found, square tiles as tall as the frame across its width (3 on a 16:9 frame): faces down
+       to about 1/25 of the long side (50 pixels of a 1280x720 frame); on at most `tile_frames` frames of a clip,
+       so a clip with nobody in it costs one model run per frame plus a few tile searches.
+Faces are linked into tracks by overlap. The person returned is the speaker among the biggest: of the tracks
+that fill the clip nearly as much as the biggest one (width times score summed over frames), the one whose lower
+face (mouth, jaw) changes most between frames against its upper face; a close-up of the speaker is the common shot, a two-shot
+of speaker and listener the common exception.
 The models are vendored in clips/models (see its README.md: source package, licence, sha256). Feature
 extraction (features.face) and the LLM teacher's face view (llm.views) both use this detector.
 """
@@ -137,21 +142,69 @@ def _overlap(a: Box, b: Box) -> float:
 
 
 @dataclass
+class _Track:
+    """One person's face across a clip's frames: frame index -> Face."""
+
+    faces: dict[int, Face] = field(default_factory=dict)
+
+    @property
+    def last(self) -> Face:
+        return self.faces[max(self.faces)]
+
+    def weight(self) -> float:
+        """How much of the clip this face fills: the sum over frames of its width times its score."""
+        return sum(face.box[2] * face.score for face in self.faces.values())
+
+    def mouth_motion(self, frames: np.ndarray) -> float:
+        """How much more the lower half of this face changes between the frames it is seen in than the upper half
+        does: a talking mouth and jaw move, the eyes and brows above them much less, and head motion or a light
+        change moves both alike. Mean absolute change of the contrast-normalised halves (0 under 2 frames)."""
+        # one crop size for the whole track (its median box side): box jitter would otherwise read as change
+        side = float(np.median([max(face.box[2:]) for face in self.faces.values()]))
+        halves = [_halves(frames[index], face.box, side) for index, face in sorted(self.faces.items())]
+        if len(halves) < 2:
+            return 0.0
+        change = np.mean([np.abs(b - a).mean(axis=(1, 2)) for a, b in zip(halves, halves[1:], strict=False)], axis=0)
+        return float(change[1] - change[0])
+
+
+def _halves(frame: np.ndarray, box: Box, side: float, size: int = 24) -> np.ndarray:
+    """(2, size // 2, size) upper and lower halves of the gray square of `side` pixels centred on the face box,
+    each to zero mean and unit sd."""
+    cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
+    x, y = int(round(cx - side / 2)), int(round(cy - side / 2))
+    crop = frame[max(y, 0) : max(y + int(side), 1), max(x, 0) : max(x + int(side), 1)]
+    gray = cv2.resize(cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2GRAY), (size, size),
+                      interpolation=cv2.INTER_AREA).astype(np.float32)
+    halves = gray.reshape(2, size // 2, size)
+    return (halves - halves.mean(axis=(1, 2), keepdims=True)) / (halves.std(axis=(1, 2), keepdims=True) + 1e-3)
+
+
+@dataclass
 class BlazeFaceDetector:
-    """One face per frame, tracked across a clip's frames; see the module docstring for the search order."""
+    """One face per frame, the same person across a clip's frames; see the module docstring for the search."""
 
     min_score: float = 0.5
-    # a tile search runs on at most this many frames of a clip (the frames where no face is tracked)
+    # a tile search runs on at most this many frames of a clip (the frames where the whole-frame search finds none)
     tile_frames: int = 3
     # the face must be at least this many pixels wide in the frame handed in (smaller is noise at these sizes)
     min_width: int = 12
+    # tracks filling at least this share of the biggest one's weight are the candidates; the one whose mouth moves
+    # most among them is taken for the speaker
+    speaker_share: float = 0.6
+    # the whole frame is searched on every scan_every-th frame (from the first), and on any frame where no tracked
+    # face is found again: people who come into the shot are picked up at that pace
+    scan_every: int = 3
+    # at most this many tracks (the biggest) are followed around their last box
+    max_tracked: int = 4
     _net: Any = field(default=None, init=False, repr=False)
     _close: Any = field(default=None, init=False, repr=False)
 
     def settings(self) -> dict:
         """What changes which faces are found."""
         return {"detector": "blazeface-full-range, short-range tracking", "min_score": self.min_score,
-                "tile_frames": self.tile_frames, "min_width": self.min_width}
+                "tile_frames": self.tile_frames, "min_width": self.min_width, "choice": "speaker among largest",
+                "speaker_share": self.speaker_share, "scan_every": self.scan_every, "max_tracked": self.max_tracked}
 
     def _model(self) -> BlazeFace:
         if self._net is None:
@@ -186,24 +239,70 @@ class BlazeFaceDetector:
             faces += [_shift(f, x0, y0) for f in self._model()(frame[y0 : y0 + side, x0 : x0 + side])]
         return faces
 
-    def detect(self, frames: np.ndarray) -> list[Face | None]:
-        """The tracked (else largest) face of each RGB frame of `frames` (T, H, W, 3), or None."""
-        found: list[Face | None] = []
-        previous: Face | None = None
+    def tracks(self, frames: np.ndarray) -> list[_Track]:
+        """Every face of every frame of `frames` (T, H, W, 3) RGB, linked into one track per person.
+
+        Per frame: each followed track is looked for around its last box; the whole frame is searched on scan
+        frames and where no track is found again; a frame with no face at all gets a tile search while the
+        budget lasts.
+        A face joins the track whose last box it overlaps most (IoU above 0.2), else starts a track.
+        """
+        tracks: list[_Track] = []
         tile_budget = self.tile_frames
-        for frame in frames:
+        for index, frame in enumerate(frames):
             frame = np.ascontiguousarray(frame)
-            faces = self._around(frame, previous) if previous is not None else []
-            if not faces:
-                faces = self._model()(frame)
+            faces = []
+            for track in sorted(tracks, key=lambda t: -t.weight())[: self.max_tracked]:
+                faces += self._around(frame, track.last)
+            if not faces or index % self.scan_every == 0:
+                # a face found both ways keeps the close-up search's box: the two models' boxes differ a little
+                faces += [f for f in self._model()(frame) if all(_overlap(f.box, g.box) <= 0.3 for g in faces)]
             if not faces and tile_budget > 0:
                 tile_budget -= 1
                 faces = self._tiles(frame)
-            faces = [f for f in faces if f.box[2] >= self.min_width]
-            if faces and previous is not None:
-                face = max(faces, key=lambda f: (_overlap(f.box, previous.box), f.box[2] * f.score))
-            else:
-                face = max(faces, key=lambda f: f.box[2] * f.score, default=None)
+            faces = _distinct([f for f in faces if f.box[2] >= self.min_width], self.min_score)
+            taken: set[int] = set()
+            for face in sorted(faces, key=lambda f: -f.box[2] * f.score):
+                overlaps = [(_overlap(face.box, t.last.box), i) for i, t in enumerate(tracks) if i not in taken]
+                best, position = max(overlaps, default=(0.0, -1))
+                if best > 0.2:
+                    tracks[position].faces[index] = face
+                    taken.add(position)
+                else:
+                    tracks.append(_Track({index: face}))
+                    taken.add(len(tracks) - 1)
+        return tracks
+
+    def detect(self, frames: np.ndarray) -> list[Face | None]:
+        """The chosen person's face in each RGB frame of `frames` (T, H, W, 3), or None where it is not seen.
+
+        The person: among the tracks that fill the clip about as much as the biggest (speaker_share of its
+        weight: width times score summed over frames), the one whose mouth moves most; alone, the biggest. Frames
+        where their track has no face are searched again around their face in the nearest frame.
+        """
+        tracks = self.tracks(frames)
+        if not tracks:
+            return [None] * len(frames)
+        heaviest = max(track.weight() for track in tracks)
+        candidates = [track for track in tracks if track.weight() >= self.speaker_share * heaviest]
+        chosen = max(candidates, key=lambda t: (t.mouth_motion(frames), t.weight()))
+        found = []
+        for index, frame in enumerate(frames):
+            face = chosen.faces.get(index)
+            if face is None:
+                # a frame where the search missed the person (a bigger face took the whole-frame search, or
+                # the track had not started): look around their face in the nearest frame they were seen in
+                nearest = chosen.faces[min(chosen.faces, key=lambda k: abs(k - index))]
+                near = [f for f in self._around(np.ascontiguousarray(frame), nearest) if f.box[2] >= self.min_width]
+                face = max(near, key=lambda f: f.score, default=None)
             found.append(face)
-            previous = face if face is not None else previous
         return found
+
+
+def _distinct(faces: list[Face], min_score: float) -> list[Face]:
+    """`faces` found by several searches with duplicates of one face (IoU above 0.3) reduced to the best."""
+    if len(faces) < 2:
+        return faces
+    boxes = [list(face.box) for face in faces]
+    picked = cv2.dnn.NMSBoxes(boxes, [face.score for face in faces], min_score, 0.3)
+    return [faces[i] for i in np.asarray(picked, dtype=np.int64).reshape(-1)]
