@@ -16,8 +16,8 @@ Search per frame:
        so a clip with nobody in it costs one model run per frame plus a few tile searches.
 Faces are linked into tracks by overlap. The person returned is the speaker among the biggest: of the tracks
 that fill the clip nearly as much as the biggest one (width times score summed over frames), the one whose lower
-face (mouth, jaw) changes most between frames against its upper face; a close-up of the speaker is the common shot, a two-shot
-of speaker and listener the common exception.
+face (mouth, jaw) changes most between frames against its upper face; a close-up of the speaker is the common
+shot, a two-shot of speaker and listener the common exception.
 The models are vendored in clips/models (see its README.md: source package, licence, sha256). Feature
 extraction (features.face) and the LLM teacher's face view (llm.views) both use this detector.
 """

@@ -69,6 +69,8 @@ class StudentConfig:
     dropout: float = 0.3
     # probability of hiding each present modality of a training row (a row always keeps one)
     modality_dropout: float = 0.2
+    # a linear layer on the standardised inputs beside the MLPs, its logits added to theirs
+    linear_path: bool = True
     # Adam learning rate
     lr: float = 1e-3
     # Adam L2 penalty (the baseline's 1e-5; 1e-3 with the inner-split epoch choice beat both 1e-5 and logistic
@@ -342,7 +344,8 @@ class _RowSampler:
 
 def _new_model(cfg: StudentConfig, dims: Sequence[int]) -> AttentionFusion:
     return AttentionFusion(
-        dims, hidden=cfg.hidden, dropout=cfg.dropout, modality_dropout=cfg.modality_dropout
+        dims, hidden=cfg.hidden, dropout=cfg.dropout, modality_dropout=cfg.modality_dropout,
+        linear_path=cfg.linear_path,
     )
 
 

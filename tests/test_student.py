@@ -30,9 +30,9 @@ SMALL = StudentConfig(
 )
 
 
-def _model(seed: int = 0) -> AttentionFusion:
+def _model(seed: int = 0, linear_path: bool = False) -> AttentionFusion:
     torch.manual_seed(seed)
-    return AttentionFusion(DIMS, hidden=16, dropout=0.3, modality_dropout=0.5).eval()
+    return AttentionFusion(DIMS, hidden=16, dropout=0.3, modality_dropout=0.5, linear_path=linear_path).eval()
 
 
 def _inputs(rows: int, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -42,8 +42,9 @@ def _inputs(rows: int, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]
     return blocks, masks
 
 
-def test_missing_modality_values_do_not_change_the_output() -> None:
-    model = _model()
+@pytest.mark.parametrize("linear_path", [False, True])
+def test_missing_modality_values_do_not_change_the_output(linear_path: bool) -> None:
+    model = _model(linear_path=linear_path)
     blocks, masks = _inputs(64)
     masks[0] = torch.tensor([True, False, False])
     before = model(blocks, masks)
@@ -53,16 +54,30 @@ def test_missing_modality_values_do_not_change_the_output() -> None:
     assert torch.equal(before, after)
 
 
-def test_a_row_with_every_modality_missing_gets_the_bias() -> None:
-    model = _model()
+@pytest.mark.parametrize("linear_path", [False, True])
+def test_a_row_with_every_modality_missing_gets_the_bias(linear_path: bool) -> None:
+    model = _model(linear_path=linear_path)
     blocks, masks = _inputs(4)
     masks[2] = False
     blocks[0][2] = float("nan")
     logits = model(blocks, masks)
     assert torch.isfinite(logits).all()
-    assert torch.equal(logits[2], model.classifier.bias.detach())
+    bias = model.classifier.bias + (model.linear.bias if linear_path else 0.0)
+    assert torch.equal(logits[2], bias.detach())
     model.train()
     assert torch.isfinite(model(blocks, masks)).all()
+
+
+def test_the_linear_path_adds_a_linear_model_of_the_standardised_inputs() -> None:
+    with_linear, without = _model(linear_path=True), _model(linear_path=False)
+    blocks, masks = _inputs(6)
+    with_linear.fit_normalisation(blocks, masks)
+    without.load_state_dict({k: v for k, v in with_linear.state_dict().items() if not k.startswith("linear.")})
+    inputs = torch.cat([torch.where(masks[:, m : m + 1], (b - n.mean) / n.std, 0.0)
+                        for m, (b, n) in enumerate(zip(blocks, with_linear.norms, strict=True))], dim=1)
+    expected = without(blocks, masks) + inputs @ with_linear.linear.weight.T + with_linear.linear.bias
+    torch.testing.assert_close(with_linear(blocks, masks), expected)
+    assert with_linear.linear.in_features == sum(DIMS) and without.linear is None
 
 
 def test_modality_dropout_never_drops_every_modality_of_a_row() -> None:
