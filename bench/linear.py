@@ -34,16 +34,8 @@ from clips.folds import run_folds
 from clips.labels import label_index
 from clips.scoring import score
 from features.stage import FeaturesConfig, load_run_features, run_features
+from student.linear import C_GRID, linear_design
 from student.train import StudentConfig, train_student
-
-# the inverse L2 strengths the inner CV chooses from
-C_GRID = (0.01, 0.05, 0.2, 1.0)
-
-
-def linear_design(blocks: list[np.ndarray], masks: np.ndarray) -> np.ndarray:
-    """(n, sum D_m + M) the blocks side by side, a missing block zeroed, plus one presence column per block."""
-    parts = [np.where(masks[:, m : m + 1], np.nan_to_num(b), 0.0) for m, b in enumerate(blocks)]
-    return np.hstack([*parts, masks.astype(np.float32)]).astype(np.float32)
 
 
 def linear_oof(x: np.ndarray, y: np.ndarray, fold_of: np.ndarray, seed: int = 0) -> np.ndarray:

@@ -10,7 +10,9 @@ block, an attention MLP over the concatenated hidden vectors giving one score pe
 score-weighted sum of the hidden vectors, and a linear classifier. Added here, because the pool has clips
 without a face or without speech: a softmax over the scores with missing modalities masked out, modality
 dropout in training, and input standardisation whose mean/std live in buffers so that a saved state dict
-carries them.
+carries them. Optional, on by default in the student (student.train): a linear path (one linear layer on the
+standardised inputs, its logits added to the classifier's) and a logistic-regression member fitted outside torch
+(student.linear) whose probabilities `probabilities()` averages with the network's.
 """
 
 from __future__ import annotations
@@ -60,6 +62,30 @@ class Standardise(nn.Module):
         return (x - self.mean) / self.std
 
 
+class LogisticMember(nn.Module):
+    """A multinomial logistic regression fitted outside torch (student.linear.fit_member), kept as buffers so a
+    saved state dict carries it: logits of the standardised design (blocks side by side, a missing block zeroed,
+    one presence column per block)."""
+
+    def __init__(self, in_dim: int, num_classes: int = NUM_LABELS) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("scale", torch.ones(in_dim))
+        self.register_buffer("coef", torch.zeros(num_classes, in_dim))
+        self.register_buffer("intercept", torch.zeros(num_classes))
+        # 1 once fitted; an unfitted member takes no part in the probabilities
+        self.register_buffer("fitted", torch.zeros(()))
+
+    @staticmethod
+    def design(blocks: Sequence[Tensor], masks: Tensor) -> Tensor:
+        """(B, sum D_m + M) float32: each block where present (NaN-free), else zeros, then the masks as 0/1."""
+        parts = [torch.where(masks[:, m : m + 1], torch.nan_to_num(b.float()), 0.0) for m, b in enumerate(blocks)]
+        return torch.cat([*parts, masks.float()], dim=1)
+
+    def forward(self, blocks: Sequence[Tensor], masks: Tensor) -> Tensor:
+        return ((self.design(blocks, masks) - self.mean) / self.scale) @ self.coef.T + self.intercept
+
+
 class AttentionFusion(nn.Module):
     """Per-modality MLP encoders, masked softmax attention over the modality vectors, a linear classifier."""
 
@@ -71,6 +97,7 @@ class AttentionFusion(nn.Module):
         modality_dropout: float = 0.0,
         num_classes: int = NUM_LABELS,
         linear_path: bool = False,
+        linear_member: bool = False,
     ) -> None:
         super().__init__()
         if not dims or any(d < 1 for d in dims):
@@ -85,6 +112,9 @@ class AttentionFusion(nn.Module):
         # a logistic regression on the standardised inputs (missing blocks zeroed) beside the MLPs, its logits
         # added to theirs: on a few hundred labelled clips the linear model alone is hard to beat
         self.linear = nn.Linear(sum(self.dims), num_classes) if linear_path else None
+        # a logistic regression fitted on the same training rows, its probabilities averaged with the network's
+        # (probabilities()); it takes no part in training the network
+        self.member = LogisticMember(sum(self.dims) + len(self.dims), num_classes) if linear_member else None
 
     @torch.no_grad()
     def fit_normalisation(
@@ -139,3 +169,10 @@ class AttentionFusion(nn.Module):
         if self.linear is not None:
             logits = logits + self.linear(torch.cat(inputs, dim=1))
         return logits
+
+    def probabilities(self, blocks: Sequence[Tensor], masks: Tensor) -> Tensor:
+        """(B, num_classes) softmax of the network, averaged with the logistic member's once it is fitted."""
+        probs = torch.softmax(self(blocks, masks), dim=1)
+        if self.member is not None and bool(self.member.fitted):
+            probs = (probs + torch.softmax(self.member(blocks, masks), dim=1)) / 2
+        return probs

@@ -47,7 +47,8 @@ from clips.folds import stratified_folds
 from clips.io import atomic_write_bytes, atomic_write_text
 from clips.labels import LABELS, NUM_LABELS
 from clips.scoring import Scores, score
-from student.fusion import AttentionFusion
+from student.fusion import AttentionFusion, LogisticMember
+from student.linear import fit_member
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ class StudentConfig:
     modality_dropout: float = 0.2
     # a linear layer on the standardised inputs beside the MLPs, its logits added to theirs
     linear_path: bool = True
+    # each fold also fits a logistic regression (student.linear) on all its training rows once the network's
+    # epoch is chosen, and averages its probabilities with the network's: the network alone lost to that linear
+    # model on small labelled sets (python -m bench.linear)
+    linear_member: bool = True
     # Adam learning rate
     lr: float = 1e-3
     # Adam L2 penalty (the baseline's 1e-5; 1e-3 with the inner-split epoch choice beat both 1e-5 and logistic
@@ -345,7 +350,7 @@ class _RowSampler:
 def _new_model(cfg: StudentConfig, dims: Sequence[int]) -> AttentionFusion:
     return AttentionFusion(
         dims, hidden=cfg.hidden, dropout=cfg.dropout, modality_dropout=cfg.modality_dropout,
-        linear_path=cfg.linear_path,
+        linear_path=cfg.linear_path, linear_member=cfg.linear_member,
     )
 
 
@@ -363,14 +368,13 @@ def loss_step(model: AttentionFusion, optimizer: torch.optim.Optimizer, data: _D
 def evaluate(
     model: AttentionFusion, blocks: Sequence[Tensor], masks: Tensor, batch_size: int = _EVAL_BATCH
 ) -> Tensor:
-    """Softmax probabilities (N, 6) of `model` in eval mode, computed in big batches, on the CPU."""
+    """Probabilities (N, 6) of `model` in eval mode (AttentionFusion.probabilities), in big batches, on the CPU."""
     model.eval()
     device = next(model.parameters()).device
     probs = []
     for start in range(0, len(masks), batch_size):
         part = slice(start, start + batch_size)
-        logits = model([b[part].to(device) for b in blocks], masks[part].to(device))  # (b, 6)
-        probs.append(torch.softmax(logits, dim=1).cpu())
+        probs.append(model.probabilities([b[part].to(device) for b in blocks], masks[part].to(device)).cpu())
     return torch.cat(probs) if probs else torch.zeros(0, NUM_LABELS)
 
 
@@ -385,7 +389,7 @@ def _train_fold(
     fold: int,
     data: _Data,
     split: tuple[np.ndarray, np.ndarray, np.ndarray],
-    n_labelled_train: int,
+    labelled_train: np.ndarray,
     cfg: StudentConfig,
     bar: tqdm,
 ) -> tuple[FoldResult, Tensor]:
@@ -413,7 +417,7 @@ def _train_fold(
     # fused: one kernel over all parameters instead of several small ops per parameter at every step
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     sampler = _RowSampler(train_index, generator)
-    steps = steps_per_epoch(cfg, len(train_rows), n_labelled_train)
+    steps = steps_per_epoch(cfg, len(train_rows), int(labelled_train.sum()))
     batch = batch_rows(cfg, len(train_rows))
 
     best = FoldResult(state={}, best_epoch=-1, best_score=-math.inf, val_rows=val_rows)
@@ -440,8 +444,18 @@ def _train_fold(
             bar.update(cfg.epochs - epoch - 1)
             break
 
-    # report: the chosen epoch's model on the fold's validation rows
     model.load_state_dict(best.state)
+    if model.member is not None:
+        # the linear member, once the network's epoch is chosen, on every training row of the fold: the inner
+        # validation rows too, which the network spent on choosing its epoch
+        rows = torch.from_numpy(np.concatenate([train_rows, inner_rows])).to(device)
+        member_blocks, member_masks = data.inputs(rows)
+        fit_member(model.member, LogisticMember.design(member_blocks, member_masks).cpu().numpy(),
+                   data.targets[rows].argmax(dim=1).cpu().numpy(), data.weights[rows].cpu().numpy(),
+                   np.concatenate([labelled_train, np.ones(len(inner_rows), bool)]), seed=cfg.seed)
+        best.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    # report: the chosen epoch's model (and its linear member) on the fold's validation rows
     val_probs = evaluate(model, val_blocks, val_masks)
     best.val_waf = float(f1_score(val_truth, val_probs.argmax(dim=1).numpy(), average="weighted"))
     return best, val_probs
@@ -495,8 +509,7 @@ def train_student(
         tqdm(total=len(splits) * cfg.epochs, desc="student", disable=not progress) as bar,
     ):
         for fold, split in enumerate(splits):
-            n_labelled_train = int(is_labelled[split[0]].sum())
-            result, val_probs = _train_fold(fold, data, split, n_labelled_train, cfg, bar)
+            result, val_probs = _train_fold(fold, data, split, is_labelled[split[0]], cfg, bar)
             oof_probs[position[split[2]]] = val_probs.numpy()
             folds.append(result)
 

@@ -289,3 +289,38 @@ def test_patience_stops_a_fold_after_epochs_without_improvement() -> None:
     assert any(len(fold.history) < 40 for fold in result.folds)
     with pytest.raises(ValueError, match="patience=0: must be at least 1"):
         StudentConfig(patience=0)
+
+
+def test_the_linear_member_gives_sklearns_probabilities_and_never_an_absent_class() -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from student.fusion import LogisticMember
+    from student.linear import fit_member, linear_design
+
+    rng = np.random.default_rng(0)
+    blocks = [rng.normal(size=(60, d)).astype(np.float32) for d in DIMS]
+    masks = rng.random((60, len(DIMS))) > 0.3
+    y = rng.integers(0, 4, 60)  # classes 4 and 5 never occur
+    x = linear_design(blocks, masks)
+    member = LogisticMember(x.shape[1])
+    c = fit_member(member, x, y, np.ones(60, np.float32), np.ones(60, bool), seed=0)
+
+    scaler = StandardScaler().fit(x)
+    expected = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(x), y).predict_proba(scaler.transform(x))
+    tensors = [torch.from_numpy(b) for b in blocks]
+    probs = torch.softmax(member(tensors, torch.from_numpy(masks)), dim=1).numpy()
+    np.testing.assert_allclose(probs[:, :4], expected, atol=1e-4)
+    assert probs[:, 4:].max() < 1e-6 and float(member.fitted) == 1.0
+    # the model averages the member's probabilities with the network's
+    model = AttentionFusion(DIMS, hidden=16, linear_member=True).eval()
+    network = torch.softmax(model(tensors, torch.from_numpy(masks)), dim=1)
+    model.member.load_state_dict(member.state_dict())
+    torch.testing.assert_close(model.probabilities(tensors, torch.from_numpy(masks)),
+                               (network + torch.from_numpy(probs)) / 2, atol=1e-5, rtol=0)
+
+
+def test_an_unfitted_member_leaves_the_networks_probabilities() -> None:
+    model = AttentionFusion(DIMS, hidden=16, linear_member=True).eval()
+    blocks, masks = _inputs(5)
+    torch.testing.assert_close(model.probabilities(blocks, masks), torch.softmax(model(blocks, masks), dim=1))
