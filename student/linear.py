@@ -41,13 +41,29 @@ def linear_design(blocks: list[np.ndarray], masks: np.ndarray) -> np.ndarray:
     return np.hstack([*parts, masks.astype(np.float32)]).astype(np.float32)
 
 
+def row_space(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(z, basis) with x = z @ basis when x (n, d) has fewer rows than columns: z (n, r) are x's coordinates in an
+    orthonormal basis (r, d) of its row space; else (x, identity).
+
+    An L2-penalised logistic regression's weights lie in the row space of its training rows, so it fits exactly the
+    same model on z (weights w there are w @ basis in x's space, with the same penalty) at a fraction of the cost
+    when there are far more features than clips; the same holds for a fit on any subset of the rows.
+    """
+    n, d = x.shape
+    if n >= d:
+        return x, np.eye(d, dtype=x.dtype)
+    _, singular, basis = np.linalg.svd(x.astype(np.float64), full_matrices=False)
+    basis = basis[singular > singular.max(initial=0.0) * 1e-10]  # (r, d)
+    return x @ basis.T, basis
+
+
 def choose_c(x: np.ndarray, y: np.ndarray, seed: int = 0) -> float:
     """C of C_GRID with the best weighted F1 in a stratified CV of standardised logistic regressions on (x, y),
     with up to 3 folds; FALLBACK_C when a class has a single row."""
     folds = min(3, int(np.bincount(y)[np.unique(y)].min()))
     if folds < 2:
         return FALLBACK_C
-    scaled = StandardScaler().fit_transform(x)
+    scaled = row_space(StandardScaler().fit_transform(x))[0]
     search = LogisticRegressionCV(Cs=list(C_GRID), cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
                                   max_iter=2000, scoring="f1_weighted")
     with _quiet():
@@ -67,12 +83,13 @@ def fit_member(member: LogisticMember, x: np.ndarray, y: np.ndarray, weights: np
         return float("nan")
     c = choose_c(x[labelled], y[labelled], seed) if len(np.unique(y[labelled])) >= 2 else FALLBACK_C
     scaler = StandardScaler().fit(x)
+    z, basis = row_space(scaler.transform(x))
     model = LogisticRegression(C=c, max_iter=2000)
     with _quiet():
-        model.fit(scaler.transform(x), y, sample_weight=weights)
+        model.fit(z, y, sample_weight=weights)
     coef = np.zeros((NUM_LABELS, x.shape[1]), np.float32)
     intercept = np.full(NUM_LABELS, _ABSENT, np.float32)
-    coef[model.classes_] = model.coef_
+    coef[model.classes_] = model.coef_ @ basis
     intercept[model.classes_] = model.intercept_
     with torch.no_grad():
         for name, value in (("mean", scaler.mean_), ("scale", scaler.scale_), ("coef", coef),

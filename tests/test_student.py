@@ -324,3 +324,27 @@ def test_an_unfitted_member_leaves_the_networks_probabilities() -> None:
     model = AttentionFusion(DIMS, hidden=16, linear_member=True).eval()
     blocks, masks = _inputs(5)
     torch.testing.assert_close(model.probabilities(blocks, masks), torch.softmax(model(blocks, masks), dim=1))
+
+
+def test_with_more_features_than_clips_the_member_is_fitted_exactly_in_the_row_space() -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from student.fusion import LogisticMember
+    from student.linear import fit_member, row_space
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 200)).astype(np.float32)
+    y = np.arange(30) % 3
+    x[:, 0] += y  # some signal, so the weights are not all tiny
+    z, basis = row_space(x)
+    assert z.shape == (30, 30) and basis.shape == (30, 200)
+    np.testing.assert_allclose(z @ basis, x, atol=1e-4)
+
+    member = LogisticMember(200)
+    c = fit_member(member, x, y, np.ones(30, np.float32), np.ones(30, bool))
+    scaled = StandardScaler().fit_transform(x)
+    full = LogisticRegression(C=c, max_iter=5000, tol=1e-8).fit(scaled, y)
+    np.testing.assert_allclose(member.coef[:3].numpy(), full.coef_, atol=2e-3)
+    logits = (torch.from_numpy(x) - member.mean) / member.scale @ member.coef.T + member.intercept
+    np.testing.assert_allclose(torch.softmax(logits, dim=1)[:, :3].numpy(), full.predict_proba(scaled), atol=2e-3)
