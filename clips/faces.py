@@ -120,10 +120,9 @@ class BlazeFace:
         points *= side  # normalised square coordinates -> pixels of `image` (the padding is right and bottom)
         centre, size = points[:, 0], points[:, 1]
         boxes = np.concatenate([centre - size / 2, size], axis=1)  # (N, 4) x, y, w, h
-        picked = cv2.dnn.NMSBoxes(boxes.tolist(), scores.tolist(), self.min_score, self.nms_iou)
         return [
             Face(tuple(int(round(v)) for v in boxes[i]), points[i, 2:].copy(), float(scores[i]))
-            for i in np.asarray(picked, dtype=np.int64).reshape(-1)
+            for i in _suppressed(boxes.tolist(), scores.tolist(), self.min_score, self.nms_iou)
         ]
 
 
@@ -303,6 +302,11 @@ def _distinct(faces: list[Face], min_score: float) -> list[Face]:
     """`faces` found by several searches with duplicates of one face (IoU above 0.3) reduced to the best."""
     if len(faces) < 2:
         return faces
-    boxes = [list(face.box) for face in faces]
-    picked = cv2.dnn.NMSBoxes(boxes, [face.score for face in faces], min_score, 0.3)
-    return [faces[i] for i in np.asarray(picked, dtype=np.int64).reshape(-1)]
+    picked = _suppressed([list(face.box) for face in faces], [face.score for face in faces], min_score, 0.3)
+    return [faces[i] for i in picked]
+
+
+def _suppressed(boxes: list[list[float]], scores: list[float], min_score: float, iou: float) -> np.ndarray:
+    """Indices of the boxes (x, y, w, h) non-maximum suppression keeps: scores of at least `min_score`, and no kept
+    box overlapping a better one by more than `iou`."""
+    return np.asarray(cv2.dnn.NMSBoxes(boxes, scores, min_score, iou), dtype=np.int64).reshape(-1)

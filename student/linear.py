@@ -35,15 +35,15 @@ _ABSENT = -1e4
 
 
 def linear_design(blocks: list[np.ndarray], masks: np.ndarray) -> np.ndarray:
-    """(n, sum D_m + M) float32: the blocks side by side, a missing block zeroed, plus one presence column per
-    block (as LogisticMember.design computes it in torch)."""
-    parts = [np.where(masks[:, m : m + 1], np.nan_to_num(b), 0.0) for m, b in enumerate(blocks)]
-    return np.hstack([*parts, masks.astype(np.float32)]).astype(np.float32)
+    """(n, sum D_m + M) float32 numpy: LogisticMember.design of numpy blocks and masks (the blocks side by side, a
+    missing block zeroed, plus one presence column per block)."""
+    tensors = [torch.from_numpy(np.ascontiguousarray(b)) for b in blocks]
+    return LogisticMember.design(tensors, torch.from_numpy(np.asarray(masks, dtype=bool))).numpy()
 
 
-def row_space(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def row_space(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """(z, basis) with x = z @ basis when x (n, d) has fewer rows than columns: z (n, r) are x's coordinates in an
-    orthonormal basis (r, d) of its row space; else (x, identity).
+    orthonormal basis (r, d) of its row space; else (x, None): nothing to gain.
 
     An L2-penalised logistic regression's weights lie in the row space of its training rows, so it fits exactly the
     same model on z (weights w there are w @ basis in x's space, with the same penalty) at a fraction of the cost
@@ -51,7 +51,7 @@ def row_space(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     n, d = x.shape
     if n >= d:
-        return x, np.eye(d, dtype=x.dtype)
+        return x, None
     _, singular, basis = np.linalg.svd(x.astype(np.float64), full_matrices=False)
     basis = basis[singular > singular.max(initial=0.0) * 1e-10]  # (r, d)
     return x @ basis.T, basis
@@ -89,7 +89,7 @@ def fit_member(member: LogisticMember, x: np.ndarray, y: np.ndarray, weights: np
         model.fit(z, y, sample_weight=weights)
     coef = np.zeros((NUM_LABELS, x.shape[1]), np.float32)
     intercept = np.full(NUM_LABELS, _ABSENT, np.float32)
-    coef[model.classes_] = model.coef_ @ basis
+    coef[model.classes_] = model.coef_ if basis is None else model.coef_ @ basis
     intercept[model.classes_] = model.intercept_
     with torch.no_grad():
         for name, value in (("mean", scaler.mean_), ("scale", scaler.scale_), ("coef", coef),

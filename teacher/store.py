@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -154,41 +154,40 @@ class AgentStore:
 
     def matrix(self, agents: list[str], names: list[str]) -> np.ndarray:
         """(agents, clips, 6) probabilities aligned with `names`; NaN where an agent has no row for a clip."""
-        out = np.full((len(agents), len(names), NUM_LABELS), np.nan, dtype=np.float32)
-        position = {n: i for i, n in enumerate(names)}
-        for a, agent in enumerate(agents):
-            stored_names, probs = self.read(agent)
-            dst, src = _aligned(stored_names, position)
-            out[a, dst] = probs[src]
-        return out
+        return _stacked(agents, names, self.read, (NUM_LABELS,))
 
     def matrix_folds(self, agents: list[str], names: list[str], folds: int) -> np.ndarray:
         """(agents, clips, folds, 6) each agent's fold-model probabilities aligned with `names`; an agent stored
         without per-fold probabilities (one that saw no label) gives its single probabilities to every fold."""
-        out = np.full((len(agents), len(names), folds, NUM_LABELS), np.nan, dtype=np.float32)
-        position = {n: i for i, n in enumerate(names)}
-        for a, agent in enumerate(agents):
+
+        def read(agent: str) -> tuple[list[str], np.ndarray]:
             stored = self.read_folds(agent)
             if stored is None:
-                out[a] = self.matrix([agent], names)[0][:, None, :]
-                continue
-            stored_names, fold_probs = stored
-            if fold_probs.shape[1] != folds:
-                raise ValueError(f"{self.agent_dir(agent)}: {fold_probs.shape[1]} fold models, the run has {folds} "
+                stored_names, probs = self.read(agent)
+                return stored_names, np.repeat(probs[:, None, :], folds, axis=1)
+            if stored[1].shape[1] != folds:
+                raise ValueError(f"{self.agent_dir(agent)}: {stored[1].shape[1]} fold models, the run has {folds} "
                                  "folds; relabel the agent in a new --run folder")
-            dst, src = _aligned(stored_names, position)
-            out[a, dst] = fold_probs[src]
-        return out
+            return stored
+
+        return _stacked(agents, names, read, (folds, NUM_LABELS))
 
     def mass_matrix(self, agents: list[str], names: list[str]) -> np.ndarray:
         """(agents, clips) label mass aligned with `names`: NaN where an agent stored none (feature agents)."""
-        out = np.full((len(agents), len(names)), np.nan, dtype=np.float32)
-        position = {n: i for i, n in enumerate(names)}
-        for a, agent in enumerate(agents):
-            stored_names, mass = self.read_mass(agent)
-            dst, src = _aligned(stored_names, position)
-            out[a, dst] = mass[src]
-        return out
+        return _stacked(agents, names, self.read_mass, ())
+
+
+def _stacked(agents: list[str], names: list[str], read: Callable[[str], tuple[list[str], np.ndarray]],
+             tail: tuple[int, ...]) -> np.ndarray:
+    """(agents, clips, *tail) of each agent's read(agent) -> (stored names, values) aligned with `names`; NaN where
+    an agent has no row for a clip."""
+    out = np.full((len(agents), len(names), *tail), np.nan, dtype=np.float32)
+    position = {n: i for i, n in enumerate(names)}
+    for a, agent in enumerate(agents):
+        stored_names, values = read(agent)
+        dst, src = _aligned(stored_names, position)
+        out[a, dst] = values[src]
+    return out
 
 
 def _aligned(stored_names: list[str], position: dict[str, int]) -> tuple[list[int], list[int]]:
