@@ -9,6 +9,9 @@ Usage:
     text = scorer.generate(requests[0], max_new_tokens=32)
     scorer.close()                           # drops the model (and CUDA cache) before the next agent loads
 
+    model, processor = load_model(base, family, adapters=["t/fold_0/adapter", "t/fold_1/adapter"])  # one base, K
+    probs, mass = HFScorer(model, processor, family, plan).scores(requests, adapter_ids=[0, 1, None, 1])
+
 One forward pass per batch. The vocabulary projection is applied only to the last few positions (the answer),
 because full logits are (batch, length, 151k) floats: gigabytes for a batch of 30 s Qwen2-Audio clips.
 """
@@ -109,18 +112,29 @@ def load_processor(model: str | Path):
 
 
 def load_model(model: str | Path, family: Family, adapter: str | Path | None = None, device: str = "auto",
-               quantization: Quantization = "none", force_quantization: bool = False):
+               quantization: Quantization = "none", force_quantization: bool = False,
+               adapters: Sequence[str | Path] = ()):
     """(model in eval mode, processor) of `model` loaded as `family.model_class`, with `adapter` applied if given.
 
-    Raises ValueError for a bad device or quantization request.
+    `adapters` loads several LoRA adapters on the one base model, named `adapter-0`, `adapter-1`, ... in order
+    (HFScorer switches between them per request): K fold adapters cost one model's memory and one load.
+    Raises ValueError for a bad device or quantization request, or for both `adapter` and `adapters`.
     """
-    net = load_weights(model, family, adapter, device, quantization, force_quantization)
+    net = load_weights(model, family, adapter, device, quantization, force_quantization, adapters)
     return net, load_processor(model)
 
 
+def adapter_name(index: int) -> str:
+    """The peft name of the index-th adapter that load_weights(adapters=...) loads."""
+    return f"adapter-{index}"
+
+
 def load_weights(model: str | Path, family: Family, adapter: str | Path | None = None, device: str = "auto",
-                 quantization: Quantization = "none", force_quantization: bool = False):
+                 quantization: Quantization = "none", force_quantization: bool = False,
+                 adapters: Sequence[str | Path] = ()):
     """The model alone (eval mode) of load_model: for reloads that reuse a processor."""
+    if adapter is not None and adapters:
+        raise ValueError(f"give one adapter ({adapter}) or a list of adapters ({list(adapters)}), not both")
     import transformers
 
     target = pick_device(device)
@@ -139,6 +153,13 @@ def load_weights(model: str | Path, family: Family, adapter: str | Path | None =
         from peft import PeftModel
 
         net = PeftModel.from_pretrained(net, str(adapter))
+    for i, path in enumerate(adapters):
+        if i == 0:
+            from peft import PeftModel
+
+            net = PeftModel.from_pretrained(net, str(path), adapter_name=adapter_name(0))
+        else:
+            net.load_adapter(str(path), adapter_name=adapter_name(i))
     return net.eval()
 
 
@@ -219,8 +240,23 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def default_adapter_ids(n: int, adapters: Sequence[str]) -> list[int | None]:
+    """The adapter of each of n requests when none is named: the only adapter, or the base model without any.
+
+    Raises ValueError for a scorer of several adapters: each request must then name its own.
+    """
+    if len(adapters) > 1:
+        raise ValueError(f"the scorer serves {len(adapters)} adapters; give adapter_ids (one index, or None for the "
+                         "base model, per request)")
+    return [0 if adapters else None] * n
+
+
 class HFScorer:
-    """Scores Requests with a loaded transformers model: (n, 6) label probabilities per call."""
+    """Scores Requests with a loaded transformers model: (n, 6) label probabilities per call.
+
+    A peft model's adapters (one, or the K that load_model(adapters=...) loaded) are switched per request:
+    `scores(requests, adapter_ids)`, adapter_ids[i] the index of request i's adapter, None for the base model.
+    """
 
     def __init__(self, model, processor, family: Family, plan: LabelScoring, batch_size: int = 8,
                  video_kwargs: dict | None = None):
@@ -230,6 +266,8 @@ class HFScorer:
         self.plan = plan
         self.batch_size = batch_size
         self.video_kwargs = video_kwargs or {}
+        # peft adapter names in load order; empty for a plain model
+        self.adapters: list[str] = list(getattr(model, "peft_config", {}) or {})
         tokenizer_of(processor).padding_side = "left"
 
     @property
@@ -244,15 +282,38 @@ class HFScorer:
         return self.scores(requests)[0]
 
     @torch.no_grad()
-    def scores(self, requests: Sequence[Request]) -> tuple[np.ndarray, np.ndarray]:
-        """((n, 6) probabilities over the labels, (n,) label mass) of `requests`, in batches of `batch_size`."""
+    def scores(self, requests: Sequence[Request], adapter_ids: Sequence[int | None] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """((n, 6) probabilities over the labels, (n,) label mass) of `requests`, in batches of `batch_size`.
+
+        adapter_ids[i]: index into `adapters` of request i's adapter, None for the base model; by default the only
+        adapter (or the base model). Requests of one adapter are batched together; the model switches adapter
+        once per group, not per request.
+        """
+        ids = list(adapter_ids) if adapter_ids is not None else default_adapter_ids(len(requests), self.adapters)
+        if len(ids) != len(requests):
+            raise ValueError(f"{len(ids)} adapter ids for {len(requests)} requests; give one per request")
         probs = np.zeros((len(requests), len(self.plan.words)), dtype=np.float32)
         mass = np.zeros(len(requests), dtype=np.float32)
-        for begin in range(0, len(requests), self.batch_size):
-            batch = requests[begin:begin + self.batch_size]
-            score = self._first_token if self.plan.mode == "first_token" else self._sequence
-            probs[begin:begin + len(batch)], mass[begin:begin + len(batch)] = score(batch)
+        score = self._first_token if self.plan.mode == "first_token" else self._sequence
+        for adapter in dict.fromkeys(ids):  # each adapter once, in order of first use
+            rows = [i for i, a in enumerate(ids) if a == adapter]
+            with self._using(adapter):
+                for begin in range(0, len(rows), self.batch_size):
+                    part = rows[begin:begin + self.batch_size]
+                    probs[part], mass[part] = score([requests[i] for i in part])
         return probs, mass
+
+    def _using(self, adapter: int | None):
+        """A context in which the model runs with adapter `adapter` (an index into `adapters`) or none."""
+        if adapter is None:
+            return self.model.disable_adapter() if self.adapters else nullcontext()
+        if not 0 <= adapter < len(self.adapters):
+            raise ValueError(f"adapter id {adapter}: the scorer serves {len(self.adapters)} adapter(s)")
+        name = self.adapters[adapter]
+        if self.model.active_adapter != name:  # set_adapter also changes which parameters train: only on a change
+            self.model.set_adapter(name)
+        return nullcontext()
 
     def _first_token(self, batch: Sequence[Request]) -> tuple[np.ndarray, np.ndarray]:
         inputs = self._encode(batch, [self.plan.prefix] * len(batch))

@@ -10,12 +10,16 @@ Usage:
 
 Writes `out/adapter` (standard peft: adapter_config.json + adapter_model.safetensors, for the hf backend and for
 vLLM LoRA on Qwen2.5-VL / Omni), `out/merged` (LoRA merged into the base weights + processor files: how Qwen2-Audio,
-which has no LoRA in vLLM, is served) and `out/report.json`. The loss covers only the answer `<label><|im_end|>`;
-LoRA targets the language model only (the family's regex); QLoRA loads the base in 4-bit (CUDA).
+which has no LoRA in vLLM, is served) and `out/report.json`. Each model folder carries `provenance.json`
+(teacher.provenance: base model, family, a hash of the labelled clips that trained it, the fold it leaves out), so
+that teacher-label knows, without trusting a config, which labelled clips a model may score out of fold. The loss
+covers only the answer `<label><|im_end|>`; LoRA targets the language model only (the family's regex); QLoRA loads
+the base in 4-bit (CUDA).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -48,6 +52,7 @@ from llm.requests import Request
 from llm.scoring import END_TOKEN, LabelScoring
 from teacher.llm_agent import ClipRequests
 from teacher.llm_options import LLMAgentOptions
+from teacher.provenance import Provenance, write_provenance
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +91,10 @@ class TeacherTrainConfig:
     grad_accum: int = 4
     # share of the labelled clips held out to report the teacher's WAF (stratified)
     held_out: float = 0.1
-    # write out/merged (merge_and_unload + processor files)
-    merge: bool = True
+    # write out/merged (merge_and_unload + processor files; how vLLM serves Qwen2-Audio, which has no LoRA there);
+    # None: yes for a single teacher, no with `folds` (K exports of the full model that only a vLLM Qwen2-Audio
+    # agent reads: ask for them with `merge: true`)
+    merge: bool | None = None
     seed: int = 0
     # run folder whose fold assignment (run/folds.csv) `folds` follows
     run: Path | None = None
@@ -152,7 +159,8 @@ def teacher_train(cfg: TeacherTrainConfig) -> TeacherTrainReport:
     for k in range(cfg.folds):
         train = [r for r, f in zip(corpus.labelled, fold_of, strict=True) if f != k]
         held = [r for r, f in zip(corpus.labelled, fold_of, strict=True) if f == k]
-        reports.append(train_teacher(replace(cfg, out=Path(cfg.out) / f"fold_{k}", folds=None), train, held))
+        fold_cfg = replace(cfg, out=Path(cfg.out) / f"fold_{k}", merge=bool(cfg.merge))
+        reports.append(train_teacher(fold_cfg, train, held, fold=(k, cfg.folds, cfg.fold_seed)))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out) / "folds.json").write_text(json.dumps({"folds": cfg.folds, "seed": cfg.fold_seed}), "utf-8")
     wafs = [r.waf for r in reports if r.waf is not None]
@@ -214,12 +222,14 @@ def _load_trainable(cfg: TeacherTrainConfig, family):
     return get_peft_model(model, lora), processor
 
 
-def train_teacher(cfg: TeacherTrainConfig, labelled: list[ClipRef],
-                  held_out_refs: list[ClipRef] | None = None) -> TeacherTrainReport:
-    """LoRA-train the teacher on `labelled` clips, report held-out WAF, save adapter (+ merged export).
+def train_teacher(cfg: TeacherTrainConfig, labelled: list[ClipRef], held_out_refs: list[ClipRef] | None = None,
+                  fold: tuple[int, int, int] | None = None) -> TeacherTrainReport:
+    """LoRA-train the teacher on `labelled` clips, report held-out WAF, save adapter (+ merged export), each with
+    its provenance record.
 
-    `held_out_refs` report the WAF (default: a cfg.held_out share split off `labelled`).
-    Raises ValueError when no clip has the view's media.
+    `held_out_refs` report the WAF (default: a cfg.held_out share split off `labelled`); `fold` = (k, folds,
+    fold_seed) when `labelled` is the run's labelled clips outside fold k. Raises ValueError when no clip has the
+    view's media.
     """
     start = time.perf_counter()
     random.seed(cfg.seed)
@@ -275,13 +285,21 @@ def train_teacher(cfg: TeacherTrainConfig, labelled: list[ClipRef],
         log.info("teacher-train: held-out WAF %.4f (base model %.4f), accuracy %.4f on %d clips", waf, waf_before,
                  accuracy, len(held))
 
-    # phase 4: adapter, merged export, report
+    # phase 4: adapter, merged export, each with what trained it; report
     out = Path(cfg.out)
+    k, folds, fold_seed = fold if fold is not None else (None, None, None)
+    record = Provenance.of_training(cfg.teacher.model, cfg.teacher.family, [r.name for r in train_refs], k, folds,
+                                    fold_seed, cfg.seed)
     adapter_dir = out / "adapter"
     model.save_pretrained(adapter_dir)
+    write_provenance(adapter_dir, record)
     if family.vllm_adapter_prefix:  # the keys vLLM's loader maps (Omni: under thinker.)
         vllm_adapter(adapter_dir, out / "adapter-vllm", family)
-    merged_dir = export_merged(cfg.teacher.model, adapter_dir, out / "merged", family, processor) if cfg.merge else None
+        write_provenance(out / "adapter-vllm", dataclasses.replace(record, product="adapter-vllm"))
+    merged_dir = None
+    if cfg.merge is None or cfg.merge:
+        merged_dir = export_merged(cfg.teacher.model, adapter_dir, out / "merged", family, processor)
+        write_provenance(merged_dir, dataclasses.replace(record, product="merged"))
     report = TeacherTrainReport(adapter_dir=adapter_dir, merged_dir=merged_dir, waf=waf, accuracy=accuracy,
                                 losses=losses, train_clips=len(train), held_clips=len(held),
                                 skipped=skipped + held_skipped, elapsed=time.perf_counter() - start,

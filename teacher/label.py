@@ -11,19 +11,25 @@ agents need the memory of the largest one, not of all four. LLM agents store the
 probabilities (the probability the model put on any label token).
 
 Labelled clips are scored too: the filters calibrate and measure the agents on them, so each agent's meta.json
-records `labelled_scores`: "out_of_fold" (feature agents, one model per fold of the run's assignment,
-run/folds.csv, with every fold model's probabilities stored; LLM agents with fold adapters), "zero_shot" (an LLM
-without an adapter: it saw no label) or "in_sample" (an LLM adapter trained on the labelled clips; distill refuses
-to calibrate on it). An agent with no labelled evidence (a visual agent on an audio-only corpus) is skipped with
-one line, and the other agents go on.
+records `labelled_scores`, decided from the provenance records teacher-train writes beside every model
+(teacher.provenance), not from the config: "out_of_fold" (feature agents, one model per fold of the run's
+assignment, run/folds.csv, with every fold model's probabilities stored; LLM agents served from `fold_adapters`,
+each fold model's record checked to leave out exactly its fold), "zero_shot" (an LLM whose model has no record of
+training: it saw no label) or "in_sample" (a teacher-train product, or an adapter of unknown origin, scoring the
+clips it may have trained on; distill refuses to calibrate on it). An agent with no labelled evidence (a visual
+agent on an audio-only corpus) is skipped with one line, and the other agents go on.
+
+An LLM agent with `fold_adapters` is served the way its backend can (fold_serving): the transformers backend loads
+the base once with the K adapters and switches between them; vLLM serves the K LoRA adapters from one engine
+(`adapter-vllm` for Omni), and Qwen2-Audio, which has no LoRA in vLLM, from each fold's merged export in turn.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +41,11 @@ from clips.io import remove_partials
 from clips.labels import NUM_LABELS
 from clips.run import RunPaths
 from features.stage import RunConfig, load_run_features, run_features
+from llm.families import Family
 from teacher.agents import build_agent
+from teacher.llm_agent import LLMAgent
+from teacher.llm_options import LLMAgentOptions
+from teacher.provenance import check_fold_product, labelled_scores_of
 from teacher.spec import Agent, AgentContext, AgentSpec, NoLabelledEvidence, combine_folds, default_agents
 from teacher.store import AgentStore
 
@@ -106,47 +116,89 @@ def release(agent: Agent) -> None:
         close()
 
 
-def labelled_scores(spec: AgentSpec) -> str:
-    """How an agent scores the labelled clips: "out_of_fold", "zero_shot" (saw no label) or "in_sample"."""
-    if spec.kind == "features" or spec.fold_adapters:
-        return "out_of_fold"
-    return "in_sample" if spec.options.get("adapter") else "zero_shot"
+def labelled_evidence(spec: AgentSpec, context: AgentContext) -> dict:
+    """How an agent scores the labelled clips, from what trained its models (teacher.provenance), never from the
+    config alone: {"labelled_scores": "out_of_fold" | "zero_shot" | "in_sample", "provenance": ...}.
 
-
-def fold_adapter_specs(spec: AgentSpec, folds: FoldAssignment) -> list[AgentSpec]:
-    """One llm spec per fold adapter of spec.fold_adapters, checked against the run's fold assignment.
-
-    Raises ValueError naming the folder when its adapters were trained on other folds.
+    Feature agents and fold-served llm agents fit or load one model per fold of the run's assignment (out of fold,
+    with `folds` and `fold_seed`); a single llm model is "in_sample" when its record (or its adapter's) says it
+    trained on labelled clips, or when an adapter has no record, and "zero_shot" when nothing records training.
+    Raises ValueError naming the folder when a fold model's record does not leave out its fold of this run.
     """
+    if spec.kind == "features":
+        return {"labelled_scores": "out_of_fold"}
+    folds = context.folds
+    if spec.fold_adapters:
+        serving = fold_serving(spec, folds, sorted(context.labels))
+        return {"labelled_scores": "out_of_fold", "folds": folds.folds, "fold_seed": folds.seed,
+                "provenance": [record for group in serving for record in group.records]}
+    kind, records = labelled_scores_of(spec.options.get("model"), spec.options.get("adapter"))
+    return {"labelled_scores": kind, "provenance": records}
+
+
+@dataclass(frozen=True)
+class FoldServing:
+    """One model an agent's fold scoring loads: a base with fold adapters, or one fold's merged export."""
+
+    # checkpoint folder or hub id loaded
+    model: str
+    # LoRA adapter folders served on it (empty: the model is itself one fold's model)
+    adapters: tuple[str, ...]
+    # fold of each adapter (or of the model when there is no adapter)
+    folds: tuple[int, ...]
+    # provenance record of each fold model (teacher.provenance), as stored in the agent's meta
+    records: tuple[dict, ...]
+
+    def adapter_of(self, fold: int) -> int | None:
+        """The scorer's adapter index for `fold`'s model (None: the model itself)."""
+        return self.folds.index(fold) if self.adapters else None
+
+
+def fold_product(family: Family, backend: str) -> str:
+    """Which of teacher-train's fold products a backend serves for `family`: the peft adapter (transformers; vLLM
+    LoRA), the adapter with the keys vLLM maps (adapter-vllm: Omni's thinker prefix), or the merged export (vLLM
+    has no LoRA for the family: Qwen2-Audio)."""
+    if backend == "hf":
+        return "adapter"
+    if not family.vllm_lora:
+        return "merged"
+    return "adapter-vllm" if family.vllm_adapter_prefix else "adapter"
+
+
+def fold_serving(spec: AgentSpec, folds: FoldAssignment, labelled: list[str]) -> list[FoldServing]:
+    """The models that serve spec.fold_adapters' K fold models under the agent's backend, each fold's record
+    checked to leave out exactly that fold of the run's labelled clips (teacher.provenance.check_fold_product).
+
+    One model with K adapters where the backend serves LoRA for the family; else K merged exports in turn.
+    Raises ValueError naming the missing or mismatched folder and the fix.
+    """
+    options = LLMAgentOptions.from_options(spec.options, spec.name)
+    family = options.family_record()
+    product = fold_product(family, options.backend)
     root = Path(spec.fold_adapters)
-    meta_path = root / "folds.json"
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-    if (meta.get("folds"), meta.get("seed")) != (folds.folds, folds.seed):
-        raise ValueError(f"agent {spec.name!r}: {meta_path} says folds={meta.get('folds')}, seed={meta.get('seed')}; "
-                         f"the run has folds={folds.folds}, seed={folds.seed}: train the adapters with "
-                         "`teacher-train --folds K --run RUN` on this run")
-    return [replace(spec, fold_adapters=None, options={**spec.options, "adapter": str(root / f"fold_{k}" / "adapter")})
-            for k in range(folds.folds)]
+    fold_of = folds.of(labelled)
+    folders, records = [], []
+    for k in range(folds.folds):
+        folder = root / f"fold_{k}" / product
+        if not folder.is_dir():
+            fix = ("train the fold teachers with `merge: true` (teacher-train writes fold_K/merged, the layout vLLM "
+                   "loads), or score with backend: hf" if product == "merged" else
+                   "train them with `teacher-train --folds K --run RUN`")
+            raise ValueError(f"agent {spec.name!r}: {folder} is missing; {options.backend} serves {family.name} "
+                             f"fold models from fold_K/{product}: {fix}")
+        train = [n for n, f in zip(labelled, fold_of, strict=True) if f != k]
+        records.append(check_fold_product(folder, k, folds.folds, folds.seed, train).to_dict())
+        folders.append(str(folder))
+    if product == "merged":
+        return [FoldServing(model=folder, adapters=(), folds=(k,), records=(record,))
+                for k, (folder, record) in enumerate(zip(folders, records, strict=True))]
+    return [FoldServing(model=options.model, adapters=tuple(folders), folds=tuple(range(folds.folds)),
+                        records=tuple(records))]
 
 
-def _score_with_fold_adapters(spec: AgentSpec, context: AgentContext, todo: list[str]
-                              ) -> tuple[dict, np.ndarray, np.ndarray]:
-    """(settings, (n, K, 6) probabilities, (n, K) label mass) of `todo` under each fold adapter, one model loaded
-    at a time.
-
-    All of `todo` is scored by one adapter before the next loads, so a killed run redoes this agent's clips.
-    """
-    fold_probs = np.full((len(todo), context.folds.folds, NUM_LABELS), np.nan, dtype=np.float32)
-    fold_mass = np.full((len(todo), context.folds.folds), np.nan, dtype=np.float32)
-    settings: dict = {}
-    for k, member in enumerate(fold_adapter_specs(spec, context.folds)):
-        agent = build_agent(member, context)
-        try:
-            settings = {**agent.settings(), "adapter": None, "fold_adapters": spec.fold_adapters}
-            fold_probs[:, k], fold_mass[:, k] = _score(agent, todo)
-        finally:
-            release(agent)
-    return settings, fold_probs, fold_mass
+def _fold_stores(store: AgentStore, agent: str) -> AgentStore:
+    """Where an agent's fold scoring keeps each fold model's scores as it goes (agent/fold-scores/fold_K/)."""
+    return AgentStore(store.agent_dir(agent) / "fold-scores")
 
 
 def _scored_batches(
@@ -239,16 +291,75 @@ def label_agents(cfg: TeacherLabelConfig, context: AgentContext, names: list[str
 
 def _label_fold_adapters(cfg: TeacherLabelConfig, spec: AgentSpec, context: AgentContext, store: AgentStore,
                          todo: list[str]) -> None:
-    """Score `todo` with each fold adapter in turn and store the clips' out-of-fold (labelled) or fold-mean (pool)
-    probabilities with every fold's."""
-    settings, fold_probs, fold_mass = _score_with_fold_adapters(spec, context, todo)
-    store.write_meta(spec.name, {**settings, "labelled_scores": labelled_scores(spec)})
-    fold_of = context.folds.of(todo)
+    """Score `todo` with the agent's K fold models and store each clip's out-of-fold (labelled) or fold-mean (pool)
+    probabilities with every fold's.
+
+    A labelled clip is scored once, by its own fold's model; a pool clip once by each. Where the backend serves
+    LoRA, one model (one vLLM engine) holds all K adapters and each batch goes to it as one call; otherwise each
+    fold's merged export is loaded in turn. Each fold model's scores are written as shards as they come
+    (agent/fold-scores/fold_K/), so a killed run loses at most one batch; the agent's own shards are written from
+    them once every fold model has scored every clip.
+    """
+    evidence = labelled_evidence(spec, context)
+    serving = fold_serving(spec, context.folds, sorted(context.labels))
+    fold_stores = _fold_stores(store, spec.name)
+    fold_of = dict(zip(todo, context.folds.of(todo).tolist(), strict=True))
+    options = LLMAgentOptions.from_options(spec.options, spec.name)
+    # (clip, fold model) scores still to make: a labelled clip's own fold, every fold for a pool clip
+    done = {}
+    for k in range(context.folds.folds):
+        remove_partials(fold_stores.agent_dir(f"fold_{k}"))
+        done[k] = fold_stores.done(f"fold_{k}")
+    needed = {n: [k for k in range(context.folds.folds) if fold_of[n] in (k, -1)] for n in todo}
+    bar = tqdm(total=sum(map(len, needed.values())), desc=f"agent {spec.name} (fold models)", unit="score",
+               disable=not cfg.progress)
+    bar.update(sum(n in done[k] for n in todo for k in needed[n]))
+    for group in serving:
+        wanted = {n: [k for k in needed[n] if k in group.folds and n not in done[k]] for n in todo}
+        names = [n for n in todo if wanted[n]]
+        if not names:
+            continue
+        agent = LLMAgent(spec.name, dataclasses.replace(options, model=group.model), context.clips,
+                         adapters=list(group.adapters))
+        try:
+            settings = {**agent.settings(), "model": options.model, "fold_adapters": spec.fold_adapters,
+                        "fold_product": fold_product(options.family_record(), options.backend)}
+            store.write_meta(spec.name, {**settings, **evidence})
+            for begin in range(0, len(names), cfg.batch_size):
+                batch = names[begin:begin + cfg.batch_size]
+                probs, mass = agent.score_adapters(batch, [[group.adapter_of(k) for k in wanted[n]] for n in batch])
+                for k in group.folds:
+                    rows = [i for i, n in enumerate(batch) if k in wanted[n]]
+                    slot = group.adapter_of(k) or 0
+                    if rows:
+                        fold_stores.append(f"fold_{k}", [batch[i] for i in rows], probs[rows, slot],
+                                           mass=mass[rows, slot])
+                bar.update(sum(len(wanted[n]) for n in batch))
+        finally:
+            release(agent)
+    bar.close()
+    _store_fold_scores(cfg, spec.name, store, fold_stores, todo, context.folds)
+
+
+def _store_fold_scores(cfg: TeacherLabelConfig, agent: str, store: AgentStore, fold_stores: AgentStore,
+                       todo: list[str], folds: FoldAssignment) -> None:
+    """The agent's shards of `todo` from its fold models' stored scores: (n, K, 6) fold probabilities, NaN where a
+    fold model did not score the clip (a labelled clip outside its fold), and the combined (n, 6)."""
+    row = {name: i for i, name in enumerate(todo)}
+    fold_probs = np.full((len(todo), folds.folds, NUM_LABELS), np.nan, dtype=np.float32)
+    fold_mass = np.full((len(todo), folds.folds), np.nan, dtype=np.float32)
+    for k in range(folds.folds):
+        names, probs = fold_stores.read(f"fold_{k}")
+        mass = fold_stores.read_mass(f"fold_{k}")[1]
+        mine = [(row[n], i) for i, n in enumerate(names) if n in row]
+        fold_probs[[r for r, _ in mine], k] = probs[[i for _, i in mine]]
+        fold_mass[[r for r, _ in mine], k] = mass[[i for _, i in mine]]
+    fold_of = folds.of(todo)
     probs = combine_folds(fold_probs, fold_of)
     mass = combine_folds(fold_mass[..., None], fold_of)[:, 0]  # the same rule on the (n, K) label mass
     for begin in range(0, len(todo), cfg.batch_size):
         part = slice(begin, begin + cfg.batch_size)
-        store.append(spec.name, todo[part], probs[part], fold_probs[part],
+        store.append(agent, todo[part], probs[part], fold_probs[part],
                      mass=None if np.isnan(mass[part]).all() else mass[part])
 
 
@@ -260,7 +371,7 @@ def _label_agent(cfg: TeacherLabelConfig, spec: AgentSpec, context: AgentContext
     """
     agent = build_agent(spec, context)
     try:
-        store.write_meta(spec.name, {**agent.settings(), "labelled_scores": labelled_scores(spec)})
+        store.write_meta(spec.name, {**agent.settings(), **labelled_evidence(spec, context)})
         if cfg.features.engine == "ray":  # the actors build their own replicas: free this one first
             release(agent)
             agent = None

@@ -41,24 +41,26 @@ from teacher.spec import AgentSpec
 
 log = logging.getLogger(__name__)
 
-def _hf_scorer(options: LLMAgentOptions, family: Family, plan_for: Callable):
+def _hf_scorer(options: LLMAgentOptions, family: Family, plan_for: Callable, adapters: Sequence[str]):
     from llm.hf_backend import HFScorer, load_model, tokenizer_of
 
-    model, processor = load_model(options.model, family, options.adapter, options.device, options.quantization)
+    model, processor = load_model(options.model, family, device=options.device, quantization=options.quantization,
+                                  adapters=adapters)
     plan = plan_for(tokenizer_of(processor))
     return HFScorer(model, processor, family, plan, options.batch_size), processor
 
 
-def _vllm_scorer(options: LLMAgentOptions, family: Family, plan_for: Callable):
+def _vllm_scorer(options: LLMAgentOptions, family: Family, plan_for: Callable, adapters: Sequence[str]):
     from llm.hf_backend import load_processor, tokenizer_of
     from llm.vllm_backend import VLLMScorer
 
     processor = load_processor(options.model)
     plan = plan_for(tokenizer_of(processor))
-    return VLLMScorer(options.model, family, plan, adapter=options.adapter, engine=options.engine), processor
+    return VLLMScorer(options.model, family, plan, adapters=list(adapters), engine=options.engine), processor
 
 
-# backend name -> (options, family, plan builder) -> (scorer with .score/.generate/.plan, processor)
+# backend name -> (options, family, plan builder, adapter folders) -> (scorer with .scores/.generate/.plan and
+# .adapters, processor); scores(requests, adapter_ids) takes one adapter index (None: the base model) per request
 SCORER_BUILDERS: dict[str, Callable] = {"hf": _hf_scorer, "vllm": _vllm_scorer}
 
 
@@ -100,15 +102,26 @@ class ClipRequests:
 
 
 class LLMAgent:
-    """An Agent (teacher.agents) backed by a Qwen model; needs the clips' ClipRefs in the context."""
+    """An Agent (teacher.agents) backed by a Qwen model; needs the clips' ClipRefs in the context.
 
-    def __init__(self, name: str, options: LLMAgentOptions, clips: dict[str, ClipRef] | None):
+    `adapters` (instead of options.adapter) serves several LoRA adapters on one loaded model or engine, e.g. an
+    agent's K fold adapters: score_adapters() scores each clip under the adapters asked for it.
+    """
+
+    def __init__(self, name: str, options: LLMAgentOptions, clips: dict[str, ClipRef] | None,
+                 adapters: Sequence[str] | None = None):
+        if adapters is not None and options.adapter is not None:
+            raise ValueError(f"agent {name!r}: give options.adapter ({options.adapter}) or fold adapters, not both")
         self.name = name
         self.options = options
         self.clips = clips or {}
+        self.adapters = list(adapters) if adapters is not None else [options.adapter] if options.adapter else []
         self.scorer, processor = SCORER_BUILDERS[options.backend](options, options.family_record(),
-                                                                  options.scoring_plan)
+                                                                  options.scoring_plan, self.adapters)
         self.requests = ClipRequests(options, processor)
+        # requests per scorer call: the transformers backend runs them batch_size at a time while the workers
+        # decode ahead; a vLLM engine schedules its own batches and fills them best from many requests at once
+        self.chunk = 4 * options.batch_size if options.backend == "hf" else max(256, 4 * options.batch_size)
 
     @property
     def plan(self) -> LabelScoring:
@@ -128,25 +141,47 @@ class LLMAgent:
 
     def score_with_mass(self, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """((n, 6) label probabilities, (n,) label mass: the probability the model put on any label token);
-        NaN rows and NaN mass for clips without the view's media."""
-        out = np.full((len(names), NUM_LABELS), np.nan, dtype=np.float32)
-        mass = np.full(len(names), np.nan, dtype=np.float32)
-        known = [(i, self.clips[name]) for i, name in enumerate(names) if name in self.clips]
-        rows, requests = [], []
-        chunk = 4 * self.options.batch_size  # scored while the workers decode the next clips
+        NaN rows and NaN mass for clips without the view's media. Scored with the agent's only adapter, if any."""
+        if len(self.adapters) > 1:
+            raise ValueError(f"agent {self.name!r} serves {len(self.adapters)} adapters; use score_adapters")
+        probs, mass = self.score_adapters(names, [[0 if self.adapters else None]] * len(names))
+        return probs[:, 0], mass[:, 0]
+
+    def score_adapters(self, names: Sequence[str], wanted: Sequence[Sequence[int | None]]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """((n, S, 6) probabilities, (n, S) label mass) of each clip under the adapters wanted[i] names (indices
+        into `adapters`; None: the base model, in slot 0), S = max(1, number of adapters).
+
+        Each clip is decoded and templated once and sent once per wanted adapter; all slots not wanted, and every
+        slot of a clip without the view's media, are NaN.
+        """
+        slots = max(1, len(self.adapters))
+        out = np.full((len(names), slots, NUM_LABELS), np.nan, dtype=np.float32)
+        mass = np.full((len(names), slots), np.nan, dtype=np.float32)
+        known = [(i, self.clips[name]) for i, name in enumerate(names) if name in self.clips and wanted[i]]
+        entries: list[tuple[int, int | None]] = []  # (clip row, adapter) per request sent
+        requests: list[Request] = []
+
+        def flush() -> None:
+            rows = [i for i, _ in entries]
+            cols = [0 if a is None else a for _, a in entries]
+            out[rows, cols], mass[rows, cols] = self.scorer.scores(requests, adapter_ids=[a for _, a in entries])
+            entries.clear()
+            requests.clear()
+
         for (i, _), request in zip(known, self.requests.requests([ref for _, ref in known]), strict=True):
             if request is not None:
-                rows.append(i)
-                requests.append(request)
-            if len(requests) == chunk:
-                out[rows], mass[rows] = self.scorer.scores(requests)
-                rows, requests = [], []
+                for adapter in wanted[i]:
+                    entries.append((i, adapter))
+                    requests.append(request)
+            if len(requests) >= self.chunk:  # scored while the workers decode the next clips
+                flush()
         if requests:
-            out[rows], mass[rows] = self.scorer.scores(requests)
-        missing = int(np.isnan(out[:, 0]).sum())
+            flush()
+        missing = len(names) - len({i for i, _ in known if not np.isnan(out[i, :, 0]).all()})
         if missing:
-            log.info("agent %s: %d of %d clips lack %s media: NaN rows", self.name, missing, len(names),
-                     self.options.view)
+            log.info("agent %s: %d of %d clips lack %s media or were not asked: NaN rows", self.name, missing,
+                     len(names), self.options.view)
         return out, mass
 
     def close(self) -> None:

@@ -38,7 +38,7 @@ class AgentSpec:
     C: float = 0.5
     # llm: model, family, view, ... (validated by teacher.llm_options.LLMAgentOptions)
     options: dict[str, Any] = field(default_factory=dict)
-    # llm: a folder written by `teacher-train --folds K --run RUN` (fold_K/adapter, folds.json); fold k's adapter
+    # llm: a folder written by `teacher-train --folds K --run RUN` (fold_K/adapter, provenance.json); fold k's adapter
     # scores fold k's labelled clips (out of fold) and every fold's adapter scores the pool; None: options.adapter
     fold_adapters: str | None = None
 

@@ -115,10 +115,10 @@ def test_teacher_label_holds_one_llm_model_at_a_time(tiny_dirs, refs, tmp_path, 
     live_at_build: list[int] = []
     build_hf = llm_agent.SCORER_BUILDERS["hf"]
 
-    def counting(options, family, plan_for):
+    def counting(options, family, plan_for, adapters):
         gc.collect()
         live_at_build.append(sum(ref() is not None for ref in alive))
-        scorer, processor = build_hf(options, family, plan_for)
+        scorer, processor = build_hf(options, family, plan_for, adapters)
         alive.append(weakref.ref(scorer.model))
         return scorer, processor
 
