@@ -179,3 +179,48 @@ def test_corrupt_cache_files_and_leftover_temp_files_are_recomputed_and_removed(
     cli("teacher-label", "--data", data, "--run", run, "--batch-size", 4, "--quiet")
     assert_same_agents(run, reference_run, names)
     assert leftovers(run) == []
+
+
+def fold_shard_count(run: Path) -> int:
+    return sum(1 for _ in RunPaths(run).agents.glob("*/fold-scores/*/part-*.npz"))
+
+
+def test_fold_model_scoring_killed_then_rerun_equals_an_uninterrupted_run(reference, tiny_dirs, tmp_path: Path):
+    """An LLM agent served from 5 fold adapters, SIGKILLed while its fold models' shards are written: the rerun
+    keeps what was stored, scores the rest, and stores what an uninterrupted run stores."""
+    import yaml
+
+    from teacher.finetune import LoraSettings, TeacherTrainConfig, teacher_train
+    from teacher.llm_options import LLMAgentOptions
+
+    data, reference_run, names = reference
+    options = {"model": str(tiny_dirs["qwen2_5_text"]), "family": "qwen2_5_text", "view": "text", "device": "cpu",
+               "batch_size": 2}
+    teacher = tmp_path / "teacher"
+    teacher_train(TeacherTrainConfig(data=data, out=teacher, teacher=LLMAgentOptions(**options), run=reference_run,
+                                     folds=5, lora=LoraSettings(r=4, alpha=8), epochs=1, batch_size=4, grad_accum=1,
+                                     progress=False))
+    config = tmp_path / "label.yaml"
+    config.write_text(yaml.safe_dump({"agents": [{"name": "qwen", "kind": "llm", "options": options,
+                                                  "fold_adapters": str(teacher)}]}), encoding="utf-8")
+    runs = {}
+    for which in ("uninterrupted", "killed"):
+        runs[which] = tmp_path / which
+        shutil.copytree(RunPaths(reference_run).features, RunPaths(runs[which]).features)
+        for name in ("folds.csv", "folds.json"):
+            shutil.copy2(reference_run / name, runs[which] / name)
+    args = ["teacher-label", "--config", config, "--data", data, "--batch-size", 2, "--quiet", "--run"]
+    cli(*args, runs["uninterrupted"])
+    killed = kill_when([*args, runs["killed"]], lambda: fold_shard_count(runs["killed"]) >= 3, seed=5, delay=False)
+    assert killed, "teacher-label finished before the kill point"
+    stored = fold_shard_count(runs["killed"])
+    assert AgentStore(RunPaths(runs["killed"]).agents).done("qwen") == set()  # killed while the fold models scored
+    cli(*args, runs["killed"])
+    assert fold_shard_count(runs["killed"]) > stored  # the rerun kept the stored batches and added the rest
+    got, want = AgentStore(RunPaths(runs["killed"]).agents), AgentStore(RunPaths(runs["uninterrupted"]).agents)
+    for read in (got.read, got.read_folds, got.read_mass):
+        got_names, got_arrays = read("qwen")
+        want_names, want_arrays = getattr(want, read.__name__)("qwen")
+        assert list(got_names) == list(want_names) and sorted(got_names) == sorted(names)
+        np.testing.assert_array_equal(got_arrays, want_arrays)
+    assert leftovers(runs["killed"]) == []
