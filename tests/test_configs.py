@@ -13,7 +13,9 @@ from teacher.label import TeacherLabelConfig
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STAGES = {
     "features-gpu.yaml": (FeaturesConfig, {"data": "d", "run": "r"}),
-    "teacher-audio.yaml": (TeacherTrainConfig, {"data": "d", "out": "o"}),
+    "teacher-audio.yaml": (TeacherTrainConfig, {"data": "d", "out": "o", "run": "r"}),
+    "teacher-vl.yaml": (TeacherTrainConfig, {"data": "d", "out": "o", "run": "r"}),
+    "teacher-omni.yaml": (TeacherTrainConfig, {"data": "d", "out": "o", "run": "r"}),
     "teacher-text-cpu.yaml": (TeacherTrainConfig, {"data": "d", "out": "o"}),
     "teacher-label-llm.yaml": (TeacherLabelConfig, {"data": "d", "run": "r"}),
     "distill.yaml": (DistillConfig, {"data": "d", "run": "r"}),
@@ -38,8 +40,10 @@ def test_shipped_values_arrive():
     label = load_config(TeacherLabelConfig, CONFIGS / "teacher-label-llm.yaml", {"data": "d", "run": "r"})
     assert [a.kind for a in label.agents] == ["features"] * 3 + ["llm"] * 4
     assert label.agents[3].options["family"] == "qwen2_audio"
-    train = load_config(TeacherTrainConfig, CONFIGS / "teacher-audio.yaml", {"data": "d", "out": "o"})
+    assert all(a.fold_adapters for a in label.agents[3:6]) and label.agents[6].fold_adapters is None
+    train = load_config(TeacherTrainConfig, CONFIGS / "teacher-audio.yaml", {"data": "d", "out": "o", "run": "r"})
     assert train.teacher.family == "qwen2_audio" and train.lora.r == 16 and train.learning_rate == 1e-4
+    assert train.folds == 5 and train.merge is True  # vLLM serves Qwen2-Audio's fold models merged
 
 
 def test_shipped_distill_config_is_the_default():

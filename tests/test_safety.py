@@ -7,6 +7,7 @@ in tests/test_bad_inputs.py; here the helpers every writer goes through are chec
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,11 @@ UNSAFE_NAMES = ["../evil", "..", ".", "a/b", "a\\b", "/abs", "", " padded", "lin
 
 
 def sources() -> list[Path]:
-    """Every Python file of the project (the virtual environment and this file left out)."""
-    return sorted(p for p in REPO.rglob("*.py") if ".venv" not in p.parts and p.resolve() != THIS)
+    """Every Python file git tracks in the project, this file left out: a virtual environment of any name inside
+    the checkout (venv/, env/) holds third-party code, not the project's."""
+    tracked = subprocess.run(["git", "ls-files", "-z", "--", "*.py"], cwd=REPO, capture_output=True, check=True)
+    paths = (REPO / name for name in tracked.stdout.decode("utf-8").split("\0") if name)
+    return sorted(p for p in paths if p.is_file() and p.resolve() != THIS)
 
 
 def calls(pattern: str) -> list[tuple[Path, int, str]]:

@@ -209,3 +209,58 @@ def test_a_merged_export_or_a_fold_adapter_used_on_every_clip_is_refused_by_dist
     message = result.output.replace("\n", " ")
     assert "agent 'merged-as-model' scored the labelled clips with a model trained on them (in-sample)" in message
     assert "agent 'fold-adapter-everywhere' scored the labelled clips" in message and "'base'" not in message
+
+
+def _vllm_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+@pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_the_shipped_llm_config_pointed_at_tiny_models_labels_and_distills(backend, corpus, tiny_dirs, tmp_path):
+    """configs/teacher-label-llm.yaml as shipped (four llm agents, fold teachers from the shipped teacher-*.yaml),
+    its models pointed at tiny ones: teacher-label and distill run without any other change. Under `hf` the agents'
+    backend is switched to transformers, where no vLLM is installed."""
+    if backend == "vllm" and not _vllm_importable():
+        pytest.skip("vllm is not importable here: run in the vLLM environment (README: vLLM on CPU)")
+    from clips.config import load_config
+    from llm.tiny import TINY_MAX_PIXELS, TINY_MIN_PIXELS
+    from student.distill import DistillConfig, distill
+    from teacher.finetune import TeacherTrainConfig, teacher_train
+    from teacher.label import TeacherLabelConfig, teacher_label
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    shipped = yaml.safe_load((configs / "teacher-label-llm.yaml").read_text(encoding="utf-8"))
+    run = tmp_path / "run"
+    common = {"data": corpus, "run": run, "folds": FOLDS, "progress": False,
+              "features": {"extractors": ["egemaps", "face", "e5"]}}
+    tiny = {"min_pixels": TINY_MIN_PIXELS, "max_pixels": TINY_MAX_PIXELS, "batch_size": 4}
+    teacher_files = {"runs/a/teacher-audio": "teacher-audio.yaml", "runs/a/teacher-vl": "teacher-vl.yaml",
+                     "runs/a/teacher-omni": "teacher-omni.yaml"}
+    for agent in shipped["agents"]:
+        if agent["kind"] != "llm":
+            continue
+        options = agent["options"]
+        options.update(model=str(tiny_dirs[options["family"]]), backend=backend, device="cpu", **tiny)
+        if "media_cache" in options:
+            options["media_cache"] = str(tmp_path / "decoded")
+        if agent.get("fold_adapters"):
+            out = tmp_path / Path(agent["fold_adapters"]).name
+            train = load_config(TeacherTrainConfig, configs / teacher_files[agent["fold_adapters"]], {
+                "data": corpus, "out": out, "run": run, "folds": FOLDS, "fold_seed": 0, "epochs": 1,
+                "batch_size": 4, "grad_accum": 1, "progress": False,
+                "teacher": {"model": options["model"], "device": "cpu", **tiny}})
+            teacher_train(train)
+            agent["fold_adapters"] = str(out)
+    label_file = write_yaml(tmp_path / "label.yaml", shipped)
+    teacher_label(load_config(TeacherLabelConfig, label_file, common))
+    store = AgentStore(RunPaths(run).agents)
+    llm = [a["name"] for a in shipped["agents"] if a["kind"] == "llm"]
+    assert {n: store.read_meta(n)["labelled_scores"] for n in llm} == {
+        "qwen2-audio": "out_of_fold", "qwen2.5-vl-face": "out_of_fold", "qwen2.5-omni": "out_of_fold",
+        "qwen2.5-text": "zero_shot"}
+    assert store.read_meta("qwen2-audio")["fold_product"] == ("merged" if backend == "vllm" else "adapter")
+    report = distill(load_config(DistillConfig, None, {
+        **common, "student": {"folds": FOLDS, "epochs": 4, "patience": 2, "device": "cpu"}}))
+    assert report.labelled == 24 and 0.0 <= report.scores.waf <= 1.0
