@@ -91,7 +91,9 @@ def precision_coverage_png(curves: dict[str, list[dict]], marks: dict[str, dict]
         if not points:
             continue
         coverage, precision, low, high = (np.array(v, dtype=np.float64) for v in zip(*points, strict=True))
-        ax.errorbar(coverage, precision, yerr=[np.nan_to_num(precision - low), np.nan_to_num(high - precision)],
+        # clipped at 0: an interval's end equal to its precision can differ from it by a rounding error
+        below, above = (np.clip(np.nan_to_num(d), 0.0, None) for d in (precision - low, high - precision))
+        ax.errorbar(coverage, precision, yerr=[below, above],
                     marker=".", capsize=2, lw=1, label=family)
     for name, point in marks.items():
         if point and point.get("kept", 0) > 0:
