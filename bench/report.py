@@ -6,9 +6,10 @@ Usage:
 No media is decoded: each run is written directly in the files the report reads (status.csv, folds.csv, the agent
 store with one LLM-like agent that stores label mass, pseudo-labels.csv, filters.json, a student's report.json and
 oof.safetensors, a transcript per clip); the pool files are empty, so no key frame is cut (the demo's report
-measures those: about 10 ms a clip on 160-pixel clips). Then the real `build_report` runs, and headless Chromium
-(report.browser) opens the page from the file system: open time is from navigation to the end of the page's
-script (clips.js parsed, the first page of rows drawn), then a sort by confidence and a label filter are timed.
+measures those: 1,076 key frames of 160-pixel clips in about 30 s of its 33 s on the shared 2 cores). Then the
+real `build_report` runs, and headless Chromium (report.browser) opens the page from the file system: open time is
+from navigation to the end of the page's script (clips.js parsed, the first page of rows drawn), then a sort by
+confidence and a label filter are timed.
 """
 
 from __future__ import annotations
