@@ -8,6 +8,7 @@ Usage:
     python cli.py distill --data mer2024-dataset --run runs/a
     python cli.py submit --data mer2024-dataset --run runs/a --candidates candidates.csv
     python cli.py evaluate runs/a/submission.csv labels.csv --png confusion.png
+    python cli.py report --run runs/a
     python cli.py teacher-train --data mer2024-dataset --out runs/a/teacher --config configs/teacher-audio.yaml
     python cli.py ask clip.mp4 --model runs/a/teacher/merged --family qwen2_audio --view audio
     python cli.py fetch-llm --size 1.5b
@@ -211,6 +212,26 @@ def evaluate_cmd(predictions, labels, png) -> None:
         click.echo(f"confusion matrix: {png}")
 
 
+@main.command("report", epilog="Example: python cli.py report --run runs/a")
+@CONFIG
+@click.option("--run", type=click.Path(path_type=Path), help="Run folder to report on.")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="Dataset folder, for subtitles and key frames (default: the one distill recorded).")
+@click.option("--out", type=click.Path(path_type=Path), help="Report folder (default run/report).")
+@click.option("--hidden-labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="name,discrete CSV of the pool's hidden labels: a hidden-label column and hidden-pool WAF.")
+@click.option("--frames", type=int, help="Key frames extracted at most (0: none).")
+def report_cmd(config_path, run, data, out, hidden_labels, frames) -> None:
+    """Write RUN/report/index.html: one static page on the run's clips, agents, filter, pseudo-labels and student."""
+    from report.build import ReportConfig, build_report
+
+    summary = build_report(_build(ReportConfig, config_path, {"run": run, "data": data, "out": out,
+                                                              "hidden_labels": hidden_labels, "frames": frames}))
+    click.echo(f"{summary.rows} pool clips, {summary.frames} key frames, {summary.bytes / 1e6:.1f} MB in "
+               f"{summary.seconds:.1f} s")
+    click.echo(f"report: {summary.index}")
+
+
 @main.command("demo", epilog="Example: python cli.py demo --out demo-run")
 @CONFIG
 @click.option("--out", type=click.Path(path_type=Path), help="Folder for the corpus and the run (demo-run).")
@@ -227,6 +248,7 @@ def demo_cmd(config_path, out, labelled, unlabelled, quiet) -> None:
     click.echo("")
     click.echo(result.table())
     click.echo("time per step: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+    click.echo(f"report: {result.report}")
 
 
 @main.command("teacher-train", epilog="Example: python cli.py teacher-train --data mer2024-dataset "

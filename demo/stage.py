@@ -5,7 +5,7 @@ Usage:
     print(result.table())
 
 Steps: make-demo, features, teacher-label, distill twice (labelled only; labelled + pseudo-labels), submit
-both, evaluate both against the pool's hidden labels.
+both, evaluate both against the pool's hidden labels, and the run report (out/run/report/index.html).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from demo.corpus import make_demo
 from demo.plan import DemoConfig
 from features.stage import FeatureSettings, run_features
 from pseudo.select import FilterConfig
+from report.build import ReportConfig, build_report
 from student.distill import DistillConfig, DistillReport, distill
 from student.submit import SubmitConfig, SubmitSummary, submit
 from student.train import StudentConfig
@@ -61,6 +62,8 @@ class DemoResult:
     rows: list[DemoRow]
     # seconds per step
     timings: dict[str, float]
+    # the run report's page
+    report: Path | None = None
 
     def table(self) -> str:
         """The comparison table printed at the end of the demo."""
@@ -73,7 +76,7 @@ class DemoResult:
 
 
 def run_demo(cfg: DemoRunConfig, log=print) -> DemoResult:
-    """Run every stage on a fresh synthetic corpus; returns both students' scores."""
+    """Run every stage on a fresh synthetic corpus and write the run report; returns both students' scores."""
     data, run = cfg.out / "data", cfg.out / "run"
     timings: dict[str, float] = {}
 
@@ -103,4 +106,7 @@ def run_demo(cfg: DemoRunConfig, log=print) -> DemoResult:
         hidden = step(f"evaluate ({variant})", lambda summary=summary, tag=tag: evaluate_csv(
             summary.path, data / "hidden-labels.csv", RunPaths(run).root / f"confusion-{tag}.png"))
         rows.append(DemoRow(variant=variant, distill=report, submission=summary, hidden=hidden))
-    return DemoResult(rows=rows, timings=timings)
+    page = step("report", lambda: build_report(ReportConfig(run=run, data=data,
+                                                            hidden_labels=data / "hidden-labels.csv")))
+    log(f"report: {page.index}")
+    return DemoResult(rows=rows, timings=timings, report=page.index)

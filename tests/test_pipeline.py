@@ -13,7 +13,7 @@ from clips.run import RunPaths
 from teacher.store import AgentStore
 
 COMMANDS = {"make-demo", "features", "teacher-label", "distill", "submit", "evaluate", "demo", "teacher-train", "ask",
-            "fetch-llm"}
+            "fetch-llm", "report"}
 
 
 def _invoke(*args: str):
