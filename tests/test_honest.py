@@ -296,3 +296,39 @@ def test_ablation_rows_are_mean_and_sd_over_student_seeds(shuffled, tmp_path: Pa
     assert "5-fold WAF (2 seeds)" in table and table.count(" +- ") == 10
     saved = json.loads((tmp_path / "s" / "ablation.json").read_text())
     assert saved["rows"][0]["waf"] == pytest.approx(np.mean(report.ablation[0].wafs))
+
+
+def test_an_llm_teacher_trained_per_fold_on_shuffled_labels_keeps_every_reported_score_at_chance(shuffled, tiny_dirs,
+                                                                                                  tmp_path: Path):
+    """A text LLM teacher LoRA-tuned on each fold's shuffled labels (`teacher-train --folds 5`), labelling with its
+    fold adapters beside the feature agents: its own out-of-fold WAF and the student's stay at chance."""
+    from sklearn.metrics import f1_score
+
+    from clips.labels import label_index
+    from teacher.finetune import LoraSettings, TeacherTrainConfig, teacher_train
+    from teacher.llm_options import LLMAgentOptions
+    from teacher.spec import AgentSpec, default_agents
+
+    data, shuffled_run = shuffled
+    run = tmp_path / "run"
+    shutil.copytree(shuffled_run, run, ignore=shutil.ignore_patterns("student*", "pseudo"))
+    options = {"model": str(tiny_dirs["qwen2_5_text"]), "family": "qwen2_5_text", "view": "text", "device": "cpu",
+               "batch_size": 8}
+    teacher = tmp_path / "teacher"
+    teacher_train(TeacherTrainConfig(data=data, out=teacher, teacher=LLMAgentOptions(**options), run=run, folds=5,
+                                     lora=LoraSettings(r=8, alpha=16), epochs=2, learning_rate=1e-3, batch_size=8,
+                                     grad_accum=1, progress=False))
+    llm = AgentSpec(name="qwen-text", kind="llm", options=options, fold_adapters=str(teacher))
+    teacher_label(TeacherLabelConfig(data=data, run=run, agents=[*default_agents(), llm], progress=False))
+    store = AgentStore(RunPaths(run).agents)
+    assert store.read_meta("qwen-text")["labelled_scores"] == "out_of_fold"
+    folds = read_folds(run)
+    names, probs = store.read("qwen-text")
+    labelled = [i for i, n in enumerate(names) if n in set(folds.names)]
+    truth = dict(zip(folds.names, folds.labels, strict=True))
+    y = [label_index(truth[names[i]]) for i in labelled]
+    llm_waf = f1_score(y, probs[labelled].argmax(1), average="weighted")
+    assert llm_waf <= 0.3, llm_waf
+    with_pseudo = distill(DistillConfig(data=data, run=run, student=STUDENT, progress=False))
+    assert with_pseudo.scores.waf <= 0.26, with_pseudo.scores.waf
+    assert with_pseudo.filter_point.precision <= 0.35
