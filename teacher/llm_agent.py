@@ -55,7 +55,8 @@ def _vllm_scorer(options: LLMAgentOptions, family: Family, plan_for: Callable):
 
     processor = load_processor(options.model)
     plan = plan_for(tokenizer_of(processor))
-    return VLLMScorer(options.model, family, plan, adapter=options.adapter, engine=options.engine), processor
+    adapters = [options.adapter] if options.adapter else []
+    return VLLMScorer(options.model, family, plan, adapters=adapters, engine=options.engine), processor
 
 
 # backend name -> (options, family, plan builder) -> (scorer with .score/.generate/.plan, processor)
