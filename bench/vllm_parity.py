@@ -140,8 +140,7 @@ def engine_env(device: str, in_process: bool = True) -> Iterator[None]:
     shared), and with `in_process` the engine core in this process. vLLM caches its environment once an engine
     starts; the cache is dropped on entry and exit so each engine reads its own."""
     settings = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"} if device == "cpu" else {}
-    if in_process:
-        settings["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    settings["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
     before = {k: os.environ.get(k) for k in settings}
     from vllm import envs
 
