@@ -145,7 +145,8 @@ def distill_cmd(config_path, data, run, unlabelled_dir, workers, no_pseudo, thre
                 report, seeds, hidden_labels, quiet) -> None:
     """Train the fusion student on labelled + pseudo-labelled clips; prints its 5-fold WAF."""
     from clips.scoring import format_scores
-    from student.distill import DistillConfig, ablation_markdown, distill
+    from student.ablation import ablation_markdown
+    from student.distill import DistillConfig, distill
 
     overrides = {**_common(data, run, unlabelled_dir, workers, quiet), "use_pseudo": False if no_pseudo else None,
                  "filter": {"threshold": threshold, "target_precision": target_precision},

@@ -307,7 +307,7 @@ def steps_per_epoch(cfg: StudentConfig, n_train: int, n_labelled_train: int) -> 
 
 
 @dataclass
-class _Data:
+class _Tensors:
     """Training inputs as tensors on the training device: feature rows, and examples that point into them."""
 
     # (R, D_m) per block and (R, M) masks: one row per clip
@@ -354,7 +354,7 @@ def _new_model(cfg: StudentConfig, dims: Sequence[int]) -> AttentionFusion:
     )
 
 
-def loss_step(model: AttentionFusion, optimizer: torch.optim.Optimizer, data: _Data, rows: Tensor) -> Tensor:
+def loss_step(model: AttentionFusion, optimizer: torch.optim.Optimizer, data: _Tensors, rows: Tensor) -> Tensor:
     """One optimiser step on the training examples `rows`; returns the detached batch loss."""
     logits = model(*data.inputs(rows))  # (B, 6)
     loss = soft_cross_entropy(logits, data.targets[rows], data.weights[rows])
@@ -387,7 +387,7 @@ def _selection_score(probs: Tensor, truth: np.ndarray, select: str) -> float:
 
 def _train_fold(
     fold: int,
-    data: _Data,
+    data: _Tensors,
     split: tuple[np.ndarray, np.ndarray, np.ndarray],
     labelled_train: np.ndarray,
     cfg: StudentConfig,
@@ -490,7 +490,7 @@ def train_student(
     _check_inputs(blocks, masks, targets, weights, is_labelled, fold_of, row_of)
     device = pick_device(cfg.device)
     # from_numpy shares memory with float32 inputs; only the device copy (if any) allocates
-    data = _Data(
+    data = _Tensors(
         blocks=[torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)).to(device) for b in blocks],
         masks=torch.from_numpy(masks).to(device),
         targets=torch.from_numpy(targets).to(device),

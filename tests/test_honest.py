@@ -214,7 +214,7 @@ def test_a_corpus_with_fewer_modalities_runs_every_stage_with_the_default_config
 
 
 def test_distill_refuses_in_sample_agent_scores_naming_the_agent_and_the_fix(tmp_path: Path):
-    from student.distill import check_out_of_fold
+    from student.inputs import check_out_of_fold
 
     store = AgentStore(tmp_path / "agents")
     store.write_meta("qwen", {"kind": "llm", "adapter": "runs/a/teacher/adapter", "labelled_scores": "in_sample"})
@@ -280,7 +280,7 @@ def _llm_context(data: Path):
 def test_ablation_rows_are_mean_and_sd_over_student_seeds(shuffled, tmp_path: Path):
     from dataclasses import replace
 
-    from student.distill import ablation_markdown
+    from student.ablation import ablation_markdown
 
     data, run = shuffled
     report = distill(DistillConfig(data=data, run=run, student=replace(STUDENT, epochs=4), report=True, seeds=2,
