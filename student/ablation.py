@@ -4,8 +4,9 @@ Usage:
     rows = run_ablation(inputs, evidence, cfg.filter, cfg.student, seeds=[0, 1, 2], main=(result, hidden))
     print(ablation_markdown(rows))       # mean +- sd of the 5-fold and the hidden-pool WAF per variant
 
-Rows: labelled only; + a fixed 0.95 threshold; + the chosen filter (hard targets); + soft targets; + a second
-round with each seed's round-1 student as one more agent (noisy student).
+Rows: labelled only; + a fixed 0.95 threshold; + the chosen filter (hard targets); + the chosen filter under the
+do-no-harm decision (student.decide); + soft targets; + a second round with each seed's round-1 student as one more
+agent (noisy student).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from clips.scoring import Scores
 from pseudo.select import FilterConfig
+from student.decide import Decision, decide
 from student.filter_report import BASELINE_THRESHOLD, baseline_filter
 from student.inputs import AgentEvidence, RunInputs, kept_counts
 from student.rounds import student_as_agent, train_round
@@ -59,10 +61,11 @@ class AblationRow:
 
 
 def run_ablation(inputs: RunInputs, evidence: AgentEvidence, chosen: FilterConfig, student: StudentConfig,
-                 seeds: list[int], main: tuple[StudentResult, Scores | None],
+                 seeds: list[int], main: tuple[StudentResult, Scores | None], guarded: Decision | None = None,
                  progress: bool = False) -> list[AblationRow]:
     """The ablation rows, each trained once per seed of `seeds`; `main` is the saved student (chosen filter, seed
-    seeds[0]), reused as that row's first seed."""
+    seeds[0]), reused as that row's first seed: the do-no-harm row's when `guarded` (the decision it trained under)
+    is given, else the chosen filter's. Without `guarded` the do-no-harm row is decided here."""
 
     def row(variant: str, fcfg: FilterConfig | None,
             reuse: tuple[StudentResult, Scores | None] | None = None) -> tuple[AblationRow, list]:
@@ -80,14 +83,24 @@ def run_ablation(inputs: RunInputs, evidence: AgentEvidence, chosen: FilterConfi
         if fit is None:
             return AblationRow(variant, 0, math.nan, 0.0, wafs, hidden), results
         p = fit.point
-        return AblationRow(variant, sum(kept_counts(fit).values()), p.precision, p.coverage, wafs, hidden,
+        return AblationRow(variant, sum(kept_counts(fit.pseudo).values()), p.precision, p.coverage, wafs, hidden,
                            p.precision_low, p.precision_high), results
 
     rows = [row("labelled only", None)[0], row(f"+ pseudo, fixed {BASELINE_THRESHOLD}", baseline_filter(chosen))[0]]
     hard, soft = replace(chosen, soft=False), replace(chosen, soft=True)
-    hard_row, hard_results = row("+ pseudo, chosen filter", hard, reuse=None if chosen.soft else main)
-    soft_row, soft_results = row("+ soft targets", soft, reuse=main if chosen.soft else None)
-    rows += [hard_row, soft_row]
+    hard_row, hard_results = row("+ pseudo, chosen filter", hard,
+                                 reuse=None if chosen.soft or guarded is not None else main)
+    decision = guarded if guarded is not None else decide(inputs, evidence, chosen, evidence.fit(chosen))
+    log.info("ablation: + do no harm")
+    results = [main if guarded is not None and s == seeds[0] else
+               train_round(inputs, decision.pseudo, student, seed=s, progress=progress) for s in seeds]
+    p = decision.point
+    guarded_row = (AblationRow("+ do no harm", sum(kept_counts(decision.pseudo).values()), p.precision, p.coverage,
+                            [r.scores.waf for r, _ in results], [h.waf for _, h in results if h is not None],
+                            p.precision_low, p.precision_high))
+    soft_row, soft_results = row("+ soft targets", soft,
+                                 reuse=main if chosen.soft and guarded is None else None)
+    rows += [hard_row, guarded_row, soft_row]
     # noisy student: each seed's round-1 student (hard or soft as chosen) becomes one more agent for its round 2
     round1 = soft_results if chosen.soft else hard_results
     wafs, hidden, kept, points = [], [], [], []
@@ -97,7 +110,7 @@ def run_ablation(inputs: RunInputs, evidence: AgentEvidence, chosen: FilterConfi
         round2, scores = train_round(inputs, fit.pseudo, student, seed=s, progress=progress)
         wafs.append(round2.scores.waf)
         hidden += [] if scores is None else [scores.waf]
-        kept.append(sum(kept_counts(fit).values()))
+        kept.append(sum(kept_counts(fit.pseudo).values()))
         points.append(fit.point)
     first = points[0]
     rows.append(AblationRow("+ round 2 (student as agent)", int(round(np.mean(kept))), first.precision,

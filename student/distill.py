@@ -34,6 +34,7 @@ from features.stage import RunConfig
 from pseudo.measure import FilterPoint
 from pseudo.select import FilterConfig, combine_agents, why_none_kept, write_pseudo_labels
 from student.ablation import AblationRow, ablation_markdown, run_ablation
+from student.decide import decide
 from student.filter_report import measure_filters
 from student.inputs import kept_counts, load_agent_evidence, load_inputs
 from student.rounds import train_round
@@ -97,8 +98,13 @@ class DistillReport:
     thresholds: dict[str, float] | None = None
     # scores on the pool's hidden labels (None without hidden_labels)
     hidden: Scores | None = None
-    # why the filter kept no pseudo-label, step by step (None when it kept some, or without pseudo-labels)
+    # why no pseudo-label was kept, step by step or with the do-no-harm numbers (None when some were kept, or
+    # without pseudo-labels)
     why_none: str | None = None
+    # the filter before the do-no-harm decision on the held-out labelled clips (None without the decision)
+    unguarded_point: FilterPoint | None = None
+    # per student fold, per class: the do-no-harm evidence and verdict (None without the decision)
+    verdicts: list[dict[str, dict[str, float]]] | None = None
     # the ablation rows (empty unless report=True)
     ablation: list[AblationRow] = field(default_factory=list)
 
@@ -112,28 +118,38 @@ def distill(cfg: DistillConfig) -> DistillReport:
     """
     inputs = load_inputs(cfg, cfg.hidden_labels)
     kept, fit, point, thresholds, summary, evidence = {label: 0 for label in LABELS}, None, None, None, {}, None
-    why_none = None
+    why_none, pseudo, decision = None, None, None
     if cfg.use_pseudo:
         evidence = load_agent_evidence(cfg, inputs, cfg.agents, cfg.filter)
         fit = evidence.fit(cfg.filter)
-        point = fit.point
+        point, pseudo, applied = fit.point, fit.pseudo, fit.thresholds
         summary = measure_filters(evidence, cfg.filter, point, RunPaths(cfg.run).pseudo)
-        write_pseudo_labels(fit.pseudo, evidence.names, evidence.pool, RunPaths(cfg.run).pseudo / "pseudo-labels.csv")
-        kept = kept_counts(fit)
+        if cfg.filter.guarded():
+            decision = decide(inputs, evidence, cfg.filter, fit)
+            point, pseudo = decision.point, decision.pseudo
+            applied = [np.where(v.keep, t, np.inf) for v, t in zip(decision.verdicts, fit.thresholds, strict=True)]
+        write_pseudo_labels(pseudo, evidence.names, evidence.pool, RunPaths(cfg.run).pseudo / "pseudo-labels.csv")
+        kept = kept_counts(pseudo)
         if not any(len(p.index) for p in fit.pseudo):
             first, cal = evidence.pool[:, :, 0], evidence.calibrations[0]
             why_none = why_none_kept(first, combine_agents(first, cfg.filter, cal.temperatures, cal.agent_scores),
                                      cfg.filter)
             log.warning("distill: the filter kept no pseudo-label (fold 0: %s)", why_none)
-        thresholds = {label: float(np.median([t[c] for t in fit.thresholds])) for c, label in enumerate(LABELS)}
-    result, hidden = train_round(inputs, None if fit is None else fit.pseudo, cfg.student, progress=cfg.progress)
+        elif decision is not None and decision.kept_none():
+            why_none = decision.why_none()
+            log.warning("distill: %s", why_none)
+        thresholds = {label: float(np.median([t[c] for t in applied])) for c, label in enumerate(LABELS)}
+    result, hidden = train_round(inputs, pseudo, cfg.student, progress=cfg.progress)
     save_student(result, cfg.out)
 
     report = DistillReport(scores=result.scores, kept=kept, student_dir=cfg.out, labelled=len(inputs.labelled),
-                           filter_point=point, thresholds=thresholds, hidden=hidden, why_none=why_none)
+                           filter_point=point, thresholds=thresholds, hidden=hidden, why_none=why_none,
+                           unguarded_point=None if decision is None else fit.point,
+                           verdicts=None if decision is None else [v.summary() for v in decision.verdicts])
     if cfg.report:
         seeds = [cfg.student.seed + s for s in range(cfg.seeds)]
         report.ablation = run_ablation(inputs, evidence, cfg.filter, cfg.student, seeds, (result, hidden),
+                                       guarded=None if decision is None else decision,
                                        progress=cfg.progress)
         atomic_write_text(cfg.out / "ablation.md", ablation_markdown(report.ablation))
         atomic_write_text(cfg.out / "ablation.json", json.dumps({
@@ -143,10 +159,12 @@ def distill(cfg: DistillConfig) -> DistillReport:
     atomic_write_text(cfg.out / "report.json", json.dumps({
         "waf": report.scores.waf, "accuracy": report.scores.accuracy,
         "per_class_f1": report.scores.per_class_f1, "kept": kept, "labelled": len(inputs.labelled),
-        "kept_per_fold": None if fit is None else [p.counts() for p in fit.pseudo],
+        "kept_per_fold": None if pseudo is None else [p.counts() for p in pseudo],
         "hidden_waf": None if hidden is None else hidden.waf,
-        "applied_thresholds": None if fit is None else [[float(v) for v in t] for t in fit.thresholds],
+        "applied_thresholds": None if fit is None else [[float(v) for v in t] for t in applied],
         "filter_on_held_out": None if point is None else asdict(point),
+        "unguarded_filter_on_held_out": None if report.unguarded_point is None else asdict(report.unguarded_point),
+        "do_no_harm": report.verdicts,
         "folds": [{"chosen_epoch": f.best_epoch, "val_waf": f.val_waf} for f in result.folds],
         "extractors": inputs.extractors, "config": to_dict(cfg),
     }, indent=2, ensure_ascii=False, allow_nan=True))

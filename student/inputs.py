@@ -4,7 +4,7 @@ Usage:
     inputs = load_inputs(cfg, hidden_labels)     # RunInputs: labelled + pool features, labels, the run's folds
     evidence = load_agent_evidence(cfg, inputs, agents, FilterConfig())  # what the cross-fitted filter reads
     fit = evidence.fit(FilterConfig())            # the filter cross-fitted over the run's folds (computed once)
-    kept_counts(fit)                              # kept pseudo-labels per class, mean over the folds
+    kept_counts(fit.pseudo)                       # kept pseudo-labels per class, mean over the folds
 
 Agents whose labelled-clip scores are in-sample are refused (check_out_of_fold), naming the agent and the fix.
 """
@@ -23,7 +23,7 @@ from clips.labels import LABELS, NUM_LABELS, label_index
 from clips.run import RunPaths
 from features.stage import RunConfig, load_run_features, run_features
 from pseudo.measure import Calibration, CrossFit, cross_fit, fold_calibrations
-from pseudo.select import FilterConfig, min_agents
+from pseudo.select import FilterConfig, PseudoLabels, min_agents
 from teacher.store import AgentStore
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,9 @@ class AgentEvidence:
         return self.fits[key]
 
 
-def kept_counts(fit: CrossFit) -> dict[str, int]:
-    """Kept pseudo-labels per class, mean over the folds (rounded)."""
-    per_fold = np.array([[p.counts()[label] for label in LABELS] for p in fit.pseudo])   # (K, 6)
+def kept_counts(pseudo: list[PseudoLabels]) -> dict[str, int]:
+    """Kept pseudo-labels per class, mean over the student's folds (rounded)."""
+    per_fold = np.array([[p.counts()[label] for label in LABELS] for p in pseudo])   # (K, 6)
     return {label: int(round(v)) for label, v in zip(LABELS, per_fold.mean(axis=0), strict=True)}
 
 

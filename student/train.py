@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -156,6 +157,9 @@ class FoldResult:
     history: list[float] = field(default_factory=list)
     # WAF of the chosen epoch on the fold's (outer) validation rows: reported, never used to choose
     val_waf: float = float("nan")
+    # wall seconds of each part of the fold: "network" (the epochs), "member" (the linear member's fit), "report"
+    # (predicting the fold's validation rows)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -421,6 +425,7 @@ def _train_fold(
     batch = batch_rows(cfg, len(train_rows))
 
     best = FoldResult(state={}, best_epoch=-1, best_score=-math.inf, val_rows=val_rows)
+    start = time.perf_counter()
     for epoch in range(cfg.epochs):
         # train: `steps` batches drawn from the carried-over shuffled order
         model.train()
@@ -445,6 +450,8 @@ def _train_fold(
             break
 
     model.load_state_dict(best.state)
+    best.seconds["network"] = time.perf_counter() - start
+    start = time.perf_counter()
     if model.member is not None:
         # the linear member, once the network's epoch is chosen, on every training row of the fold: the inner
         # validation rows too, which the network spent on choosing its epoch
@@ -452,12 +459,16 @@ def _train_fold(
         member_blocks, member_masks = data.inputs(rows)
         fit_member(model.member, LogisticMember.design(member_blocks, member_masks).cpu().numpy(),
                    data.targets[rows].argmax(dim=1).cpu().numpy(), data.weights[rows].cpu().numpy(),
-                   np.concatenate([labelled_train, np.ones(len(inner_rows), bool)]), seed=cfg.seed)
+                   np.concatenate([labelled_train, np.ones(len(inner_rows), bool)]), seed=cfg.seed,
+                   inner=np.arange(len(rows)) >= len(train_rows))
         best.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
+    best.seconds["member"] = time.perf_counter() - start
+    start = time.perf_counter()
     # report: the chosen epoch's model (and its linear member) on the fold's validation rows
     val_probs = evaluate(model, val_blocks, val_masks)
     best.val_waf = float(f1_score(val_truth, val_probs.argmax(dim=1).numpy(), average="weighted"))
+    best.seconds["report"] = time.perf_counter() - start
     return best, val_probs
 
 
