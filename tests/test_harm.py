@@ -147,3 +147,10 @@ def test_a_bad_teacher_keeps_nothing_and_a_good_one_keeps_and_gains():
     # labelled clips moves by a few hundredths either way with a seed)
     assert good["kept"] > 0.5 * good["unguarded_kept"], good
     assert good["hidden_guarded"] > good["hidden_labelled"] + 0.05, good
+
+
+def test_a_filter_chosen_by_hand_is_applied_as_it_is():
+    assert FilterConfig().guarded() and FilterConfig(guard=True).guarded()
+    assert not FilterConfig(threshold=0.9).guarded() and not FilterConfig(target_precision=0.8).guarded()
+    assert not FilterConfig(topk_fraction=0.3).guarded() and not FilterConfig(guard=False).guarded()
+    assert FilterConfig(threshold=0.9, guard=True).guarded()
