@@ -146,7 +146,8 @@ def distill_cmd(config_path, data, run, unlabelled_dir, workers, no_pseudo, thre
                 report, seeds, hidden_labels, quiet) -> None:
     """Train the fusion student on labelled + pseudo-labelled clips; prints its 5-fold WAF."""
     from clips.scoring import format_scores
-    from student.distill import DistillConfig, ablation_markdown, distill
+    from student.ablation import ablation_markdown
+    from student.distill import DistillConfig, distill
 
     overrides = {**_common(data, run, unlabelled_dir, workers, quiet), "use_pseudo": False if no_pseudo else None,
                  "filter": {"threshold": threshold, "target_precision": target_precision},
@@ -163,6 +164,11 @@ def distill_cmd(config_path, data, run, unlabelled_dir, workers, no_pseudo, thre
         click.echo("  per class kept / precision [95% CI]: " + "; ".join(
             f"{label} {c['kept']} / {c['precision']:.2f} [{c['precision_low']:.2f}, {c['precision_high']:.2f}]"
             for label, c in point.per_class.items()))
+    if result.verdicts is not None:
+        click.echo("do no harm, per student fold (pseudo-labels right / student right / held-out kept): " + " | ".join(
+            f"fold {k}: " + "; ".join(f"{label} {v['pseudo_right']}/{v['student_right']}/{v['held_out_kept']} "
+                                      f"{'kept' if v['keep'] else 'none'}" for label, v in fold.items())
+            for k, fold in enumerate(result.verdicts)))
     click.echo(f"pseudo-labels kept per class (mean over folds): {result.kept}")
     if result.why_none:
         click.echo(f"no pseudo-label kept: {result.why_none}")

@@ -74,6 +74,9 @@ class CrossFit:
     point: FilterPoint
     # per fold: the per-class thresholds the filter amounted to on the pool
     thresholds: list[np.ndarray]
+    # (clips,) per labelled clip, held out with its fold: whether the filter kept it, and its pseudo-label
+    held_kept: np.ndarray | None = None
+    held_label: np.ndarray | None = None
 
 
 def fold_calibrations(labelled_probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarray) -> list[Calibration]:
@@ -166,7 +169,8 @@ def cross_fit(labelled_probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarra
         predicted[held] = combined.argmax(axis=1)
         pseudo.append(chosen)
         thresholds.append(applied)
-    return CrossFit(pseudo=pseudo, point=precision_coverage(kept, predicted, labels), thresholds=thresholds)
+    return CrossFit(pseudo=pseudo, point=precision_coverage(kept, predicted, labels), thresholds=thresholds,
+                    held_kept=kept, held_label=predicted)
 
 
 def sweep_families(labelled_probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, pool_probs: np.ndarray,

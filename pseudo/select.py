@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -89,6 +89,11 @@ class FilterConfig:
     soft: bool = False
     # soft targets are sharpened as p ** (1 / sharpen) (1.0: the combined distribution as it is)
     sharpen: float = 1.0
+    # do no harm (student.decide): per student fold, keep only the classes whose pseudo-labels, measured on that
+    # fold's training clips each held out, were right at least as often as the student's own predictions, each
+    # weighted `weight` x its class's measured precision; None: on unless the filter is chosen by hand (a field
+    # other than this one set away from its default, e.g. --threshold or --target-precision), which is applied as is
+    guard: bool | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -125,6 +130,13 @@ class FilterConfig:
             problems.append(f"weight={self.weight}; use a positive loss weight")
         if problems:
             raise ValueError("FilterConfig: " + "; ".join(problems))
+
+
+    def guarded(self) -> bool:
+        """Whether the do-no-harm decision applies: `guard` when set, else whether the filter is the default one."""
+        if self.guard is not None:
+            return self.guard
+        return replace(self, guard=None) == FilterConfig()
 
 
 @dataclass

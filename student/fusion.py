@@ -1,7 +1,7 @@
 """Attention fusion over per-modality feature vectors: the student model of the pipeline.
 
 Usage:
-    model = AttentionFusion(dims=[88, 600, 384], hidden=128, dropout=0.3, modality_dropout=0.2)
+    model = AttentionFusion(dims=[88, 1024, 534, 384], hidden=128, dropout=0.3, modality_dropout=0.2)
     model.fit_normalisation(blocks, masks, rows=train_rows)   # training rows only; kept as buffers
     logits = model(blocks, masks)   # blocks: list of (B, D_m) floats, masks: (B, M) bool -> (B, 6)
 

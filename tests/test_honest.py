@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from clips.folds import assign_folds, read_folds, run_folds, stratified_folds
 from clips.labels import LABELS
 from clips.run import RunPaths
 from features.stage import FeaturesConfig, FeatureSettings, features_stage
+from pseudo.select import FilterConfig
 from student.distill import DistillConfig, distill
 from student.submit import SubmitConfig, submit
 from student.train import StudentConfig
@@ -89,17 +91,24 @@ def test_shuffled_labels_score_at_chance_with_and_without_pseudo_labels(shuffled
     data, run = shuffled
     labelled_only = distill(DistillConfig(data=data, run=run, use_pseudo=False, student=STUDENT, progress=False,
                                           out=run / "student-labelled"))
-    with_pseudo = distill(DistillConfig(data=data, run=run, student=STUDENT, progress=False))
-    assert sum(with_pseudo.kept.values()) > 0
+    # every pseudo-label the filter keeps, and the default: the classes the do-no-harm decision keeps
+    with_pseudo = distill(DistillConfig(data=data, run=run, student=STUDENT, progress=False,
+                                        filter=FilterConfig(guard=False), out=run / "student-unguarded"))
+    guarded = distill(DistillConfig(data=data, run=run, student=STUDENT, progress=False))
+    assert sum(with_pseudo.kept.values()) > 0 and guarded.verdicts is not None and with_pseudo.verdicts is None
     assert labelled_only.scores.waf <= 0.26, labelled_only.scores.waf
     assert with_pseudo.scores.waf <= 0.26, with_pseudo.scores.waf
+    assert guarded.scores.waf <= 0.26, guarded.scores.waf
     # the filter's held-out precision is at chance too, and says how unsure it is
     point = with_pseudo.filter_point
     assert point.precision <= 0.35 and point.precision_low < point.precision < point.precision_high
 
 
-def test_student_fold_k_trains_on_pseudo_labels_of_models_that_never_saw_fold_k(shuffled):
+def test_student_fold_k_trains_on_pseudo_labels_of_models_that_never_saw_fold_k(shuffled, tmp_path: Path):
     data, run = shuffled
+    # every pseudo-label the filter keeps (on shuffled labels the do-no-harm decision may keep no class of a fold)
+    distill(DistillConfig(data=data, run=run, student=replace(STUDENT, epochs=2), progress=False,
+                          filter=FilterConfig(guard=False), out=tmp_path / "s"))
     folds = read_folds(run)
     store = AgentStore(RunPaths(run).agents)
     labelled = list(folds.names)
@@ -203,8 +212,11 @@ def test_a_corpus_with_fewer_modalities_runs_every_stage_with_the_default_config
     assert sorted(labelled.no_evidence) == sorted({"audio", "visual", "text"} - set(agents))
     assert all("0 labelled clip(s) with" in why for why in labelled.no_evidence.values())
     report = distill(DistillConfig(data=data, run=run, student=STUDENT, progress=False))
-    # with one agent its agreement with itself is trivial: the default filter keeps pseudo-labels
-    assert sum(report.kept.values()) > 0 and report.why_none is None
+    # with one agent its agreement with itself is trivial: the default filter keeps pseudo-labels (which of them the
+    # do-no-harm decision lets through depends on the student, and a decision to keep none says why)
+    assert report.unguarded_point is not None and report.unguarded_point.kept > 0
+    assert (report.why_none is None) == (sum(report.kept.values()) > 0)
+    assert report.why_none is None or report.why_none.startswith("do no harm kept no class: fold 0: neutral ")
     summary = submit(SubmitConfig(data=data, run=run, progress=False))
     with open(summary.path, encoding="utf-8") as handle:
         predicted = list(csv.DictReader(handle))
@@ -214,7 +226,7 @@ def test_a_corpus_with_fewer_modalities_runs_every_stage_with_the_default_config
 
 
 def test_distill_refuses_in_sample_agent_scores_naming_the_agent_and_the_fix(tmp_path: Path):
-    from student.distill import check_out_of_fold
+    from student.inputs import check_out_of_fold
 
     store = AgentStore(tmp_path / "agents")
     store.write_meta("qwen", {"kind": "llm", "adapter": "runs/a/teacher/adapter", "labelled_scores": "in_sample"})
@@ -278,22 +290,22 @@ def _llm_context(data: Path):
 
 
 def test_ablation_rows_are_mean_and_sd_over_student_seeds(shuffled, tmp_path: Path):
-    from dataclasses import replace
-
-    from student.distill import ablation_markdown
+    from student.ablation import ablation_markdown
 
     data, run = shuffled
     report = distill(DistillConfig(data=data, run=run, student=replace(STUDENT, epochs=4), report=True, seeds=2,
                                    hidden_labels=data / "hidden-labels.csv", out=tmp_path / "s", progress=False))
     assert [r.variant for r in report.ablation] == ["labelled only", "+ pseudo, fixed 0.95",
-                                                    "+ pseudo, chosen filter", "+ soft targets",
+                                                    "+ pseudo, chosen filter", "+ do no harm", "+ soft targets",
                                                     "+ round 2 (student as agent)"]
     for row in report.ablation:
-        assert len(row.wafs) == 2 and len(row.hidden_wafs) == 2 and row.wafs[0] != row.wafs[1]
-    # the chosen-filter row's first seed is the saved student
-    assert report.ablation[2].wafs[0] == report.scores.waf and report.ablation[2].hidden_wafs[0] == report.hidden.waf
+        assert len(row.wafs) == 2 and len(row.hidden_wafs) == 2
+        assert row.wafs[0] != row.wafs[1]
+    # the do-no-harm row's first seed is the saved student (the default filter is guarded)
+    assert report.ablation[3].wafs[0] == report.scores.waf and report.ablation[3].hidden_wafs[0] == report.hidden.waf
+    assert report.ablation[3].kept == sum(report.kept.values())
     table = ablation_markdown(report.ablation)
-    assert "5-fold WAF (2 seeds)" in table and table.count(" +- ") == 10
+    assert "5-fold WAF (2 seeds)" in table and table.count(" +- ") == 12
     saved = json.loads((tmp_path / "s" / "ablation.json").read_text())
     assert saved["rows"][0]["waf"] == pytest.approx(np.mean(report.ablation[0].wafs))
 

@@ -296,7 +296,7 @@ def test_the_linear_member_gives_sklearns_probabilities_and_never_an_absent_clas
     from sklearn.preprocessing import StandardScaler
 
     from student.fusion import LogisticMember
-    from student.linear import fit_member, linear_design
+    from student.linear import MAX_ITER, TOL, fit_member, linear_design
 
     rng = np.random.default_rng(0)
     blocks = [rng.normal(size=(60, d)).astype(np.float32) for d in DIMS]
@@ -307,7 +307,8 @@ def test_the_linear_member_gives_sklearns_probabilities_and_never_an_absent_clas
     c = fit_member(member, x, y, np.ones(60, np.float32), np.ones(60, bool), seed=0)
 
     scaler = StandardScaler().fit(x)
-    expected = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(x), y).predict_proba(scaler.transform(x))
+    expected = LogisticRegression(C=c, max_iter=MAX_ITER, tol=TOL).fit(scaler.transform(x), y).predict_proba(
+        scaler.transform(x))
     tensors = [torch.from_numpy(b) for b in blocks]
     probs = torch.softmax(member(tensors, torch.from_numpy(masks)), dim=1).numpy()
     np.testing.assert_allclose(probs[:, :4], expected, atol=1e-4)
@@ -348,3 +349,43 @@ def test_with_more_features_than_clips_the_member_is_fitted_exactly_in_the_row_s
     np.testing.assert_allclose(member.coef[:3].numpy(), full.coef_, atol=2e-3)
     logits = (torch.from_numpy(x) - member.mean) / member.scale @ member.coef.T + member.intercept
     np.testing.assert_allclose(torch.softmax(logits, dim=1)[:, :3].numpy(), full.predict_proba(scaled), atol=2e-3)
+
+
+def test_the_member_keeps_every_labelled_row_and_samples_the_pseudo_labelled_ones() -> None:
+    from student.train import _member_rows
+
+    train_rows, inner_rows = np.arange(100, 160), np.arange(10)
+    labelled_train = np.arange(60) < 20                   # 20 labelled training rows, 40 pseudo-labelled
+    cfg = dataclasses.replace(SMALL, member_rows=45)
+    rows = _member_rows(train_rows, inner_rows, labelled_train, cfg)
+    # positions 0-19 labelled, 20-59 pseudo-labelled, 60-69 the inner rows: all 30 labelled + 15 sampled
+    assert len(rows) == 45 and set(range(20)) | set(range(60, 70)) <= set(rows.tolist())
+    assert np.array_equal(rows, np.sort(rows)) and np.array_equal(rows, _member_rows(train_rows, inner_rows,
+                                                                                    labelled_train, cfg))
+    assert _member_rows(train_rows, inner_rows, labelled_train, SMALL).tolist() == list(range(70))
+
+
+def test_the_member_chooses_c_on_the_inner_rows_and_refits_on_every_row() -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.preprocessing import StandardScaler
+
+    from student.fusion import LogisticMember
+    from student.linear import C_GRID, fit_member
+
+    rng = np.random.default_rng(3)
+    y = np.arange(120) % 3
+    x = rng.normal(size=(120, 40)).astype(np.float32) + 0.6 * np.eye(40, dtype=np.float32)[y]
+    inner = np.arange(120) >= 90
+    member = LogisticMember(40)
+    c = fit_member(member, x, y, np.ones(120, np.float32), np.ones(120, bool), inner=inner)
+    # the C whose fit on the other rows scores best on the inner rows (the first of equals, strongest penalty first)
+    scaler = StandardScaler().fit(x[~inner])
+    scores = [f1_score(y[inner], LogisticRegression(C=grid_c, max_iter=5000, tol=1e-8)
+                       .fit(scaler.transform(x[~inner]), y[~inner]).predict(scaler.transform(x[inner])),
+                       average="weighted") for grid_c in sorted(C_GRID)]
+    assert max(scores) - scores[sorted(C_GRID).index(c)] <= 0.02
+    # then one fit on all 120 rows at that C
+    full = LogisticRegression(C=c, max_iter=5000, tol=1e-8).fit(StandardScaler().fit_transform(x), y)
+    np.testing.assert_allclose(member.coef[:3].numpy(), full.coef_, atol=0.02)
+    assert float(member.mean.sub(torch.from_numpy(x.mean(0))).abs().max()) < 1e-5

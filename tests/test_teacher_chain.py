@@ -289,8 +289,9 @@ def test_fold_teachers_under_vllm_store_what_the_transformers_backend_stores(cor
             "merge": family == "qwen2_audio", "progress": False}),
             "--data", corpus, "--out", teacher, "--run", run, "--folds", FOLDS)
         agents[agent] = (options, teacher)
-    # the engine in processes of its own, as teacher-label runs it (ended before the next agent is built)
-    engine = {k: v for k, v in engine_settings("cpu").items() if k != "distributed_executor_backend"}
+    # the engine in this process (starts in a third of the time of one in processes of its own; the multi-process
+    # engine of a user's teacher-label run is tests/test_vllm_engine.py's), shut down before the next fold model
+    engine = engine_settings("cpu")
     stores = {}
     for backend in ("hf", "vllm"):
         folder = tmp_path / backend
@@ -300,7 +301,7 @@ def test_fold_teachers_under_vllm_store_what_the_transformers_backend_stores(cor
         specs = [AgentSpec(name=agent, kind="llm", fold_adapters=str(teacher), options={
             **options, "backend": backend, "engine": engine if backend == "vllm" else {}})
             for agent, (options, teacher) in agents.items()]
-        with engine_env("cpu", in_process=False):
+        with engine_env("cpu"):
             teacher_label(TeacherLabelConfig(data=corpus, run=folder, folds=FOLDS, agents=specs, batch_size=8,
                                              progress=False, features=_egemaps()))
         stores[backend] = AgentStore(RunPaths(folder).agents)
