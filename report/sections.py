@@ -313,13 +313,13 @@ def pseudo_section(run: RunData, table: ClipTable, disagree_rows: int) -> str:
         counts = absent("pseudo/pseudo-labels.csv (distill with pseudo-labels has not run); the table shows the "
                         "agents' scores only")
     else:
-        per_fold = {}
+        per_fold = {str(k): 0 for k in range(run.folds)}  # a fold whose decision kept nothing shows 0
         for row in rows:
             per_fold[row["fold"]] = per_fold.get(row["fold"], 0) + 1
         counts = (f'<p class="lead"><a href="../pseudo/pseudo-labels.csv">pseudo-labels.csv</a> holds '
                   f'<b data-count="pseudo-rows">{len(rows)}</b> rows (each student fold\'s selection: '
                   + ", ".join(f"fold {k}: <span data-count=\"pseudo-fold-{esc(k)}\">{v}</span>"
-                              for k, v in sorted(per_fold.items()))
+                              for k, v in sorted(per_fold.items(), key=lambda kv: int(kv[0])))
                   + f') over <b data-count="pseudo-clips">{len({r["name"] for r in rows})}</b> distinct pool '
                   "clips.</p>")
     legend = "".join(f'<span class="chip l{c}">{label}</span>' for c, label in enumerate(LABELS))
