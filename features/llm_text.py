@@ -148,8 +148,8 @@ class LLMTextExtractor:
     def settings(self) -> dict:
         """Model, pooled layer, pooling, prompt and token limit (batching and device do not change the vector
         beyond float rounding)."""
-        return {"model": str(self.model), "layer": self.layer, "pool": self.pool, "prompt": list(PROMPTS[self.language]),
-                "max_tokens": self.max_tokens, "dtype": self.dtype}
+        return {"model": str(self.model), "layer": self.layer, "pool": self.pool,
+                "prompt": list(PROMPTS[self.language]), "max_tokens": self.max_tokens, "dtype": self.dtype}
 
     def extract(self, clip: DecodedClip, transcript: str | None) -> FeatureResult:
         """(dim,) pooled hidden state of the transcript (from the last prepare() batch when it held it); missing

@@ -110,6 +110,8 @@ def labelled_scores(spec: AgentSpec) -> str:
     """How an agent scores the labelled clips: "out_of_fold", "zero_shot" (saw no label) or "in_sample"."""
     if spec.kind == "features" or spec.fold_adapters:
         return "out_of_fold"
+    if spec.options.get("incontext_k") and not spec.options.get("adapter"):
+        return "out_of_fold"  # a labelled clip's in-context examples come from the other folds (teacher.incontext)
     return "in_sample" if spec.options.get("adapter") else "zero_shot"
 
 

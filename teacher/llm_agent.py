@@ -30,6 +30,7 @@ import numpy as np
 
 from clips.dataset import ClipRef
 from clips.labels import LABELS, NUM_LABELS
+from llm.calibration import content_free_requests, prior_correct
 from llm.decoded import DecodedCache, DecodedMedia
 from llm.families import Family
 from llm.prompts import build_rationale_prompt
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 def _hf_scorer(options: LLMAgentOptions, family: Family, plan_for: Callable):
     from llm.hf_backend import HFScorer, load_model, tokenizer_of
 
-    model, processor = load_model(options.model, family, options.adapter, options.device, options.quantization)
+    model, processor = load_model(options.model, family, options.adapter, options.device, options.quantization,
+                                  dtype=options.torch_dtype())
     plan = plan_for(tokenizer_of(processor))
     return HFScorer(model, processor, family, plan, options.batch_size), processor
 
@@ -109,6 +111,7 @@ class LLMAgent:
         self.scorer, processor = SCORER_BUILDERS[options.backend](options, options.family_record(),
                                                                   options.scoring_plan)
         self.requests = ClipRequests(options, processor)
+        self._prior: np.ndarray | None = None
 
     @property
     def plan(self) -> LabelScoring:
@@ -143,11 +146,21 @@ class LLMAgent:
                 rows, requests = [], []
         if requests:
             out[rows], mass[rows] = self.scorer.scores(requests)
+        if self.options.calibration == "content_free":
+            out = prior_correct(out, self.content_free_prior())
         missing = int(np.isnan(out[:, 0]).sum())
         if missing:
             log.info("agent %s: %d of %d clips lack %s media: NaN rows", self.name, missing, len(names),
                      self.options.view)
         return out, mass
+
+    def content_free_prior(self) -> np.ndarray:
+        """(6,) mean label probabilities of content-free lines under this agent's prompt (llm.calibration), once."""
+        if self._prior is None:
+            requests = content_free_requests(self.requests.family, self.requests.processor,
+                                             self.options.request_settings())
+            self._prior = self.scorer.scores(requests)[0].mean(axis=0)
+        return self._prior
 
     def close(self) -> None:
         """Release the model (and shut a vLLM engine down) so the next agent can load; the agent is unusable after."""

@@ -11,9 +11,9 @@ import torch
 
 from clips.dataset import ClipRef
 from features.base import cache_key
+from features.cache import load_features
 from features.llm_text import PROMPTS, LLMTextExtractor, layer_of
 from features.registry import build_extractor
-from features.cache import load_features
 from features.runner import extract_features
 
 LINES = ["太好了我们成功了，真开心！", "嗯。", "你到底有完没完，烦死了，我真的受够了你的谎话！", "明天早上八点开会"]
