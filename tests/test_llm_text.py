@@ -50,7 +50,7 @@ def test_layer_of_depth() -> None:
 
 def test_pooled_states_equal_the_models_own_hidden_states(tiny_text: Path) -> None:
     for depth, layer in ((0.67, 1), (1.0, 2)):
-        extractor = LLMTextExtractor(model=str(tiny_text), depth=depth, pool="both")
+        extractor = LLMTextExtractor(model=str(tiny_text), dtype="float32", depth=depth, pool="both")
         assert extractor.layer == layer and extractor.dim == 64
         vectors = extractor.embed(LINES)
         assert vectors.shape == (4, 64) and vectors.dtype == np.float32
@@ -68,27 +68,28 @@ def test_pooled_states_equal_the_models_own_hidden_states(tiny_text: Path) -> No
 
 
 def test_padding_and_batch_company_do_not_change_a_line(tiny_text: Path) -> None:
-    batched = LLMTextExtractor(model=str(tiny_text), batch_size=4).embed(LINES)
-    single = LLMTextExtractor(model=str(tiny_text), batch_size=1).embed(LINES)
+    batched = LLMTextExtractor(model=str(tiny_text), dtype="float32", batch_size=4).embed(LINES)
+    single = LLMTextExtractor(model=str(tiny_text), dtype="float32", batch_size=1).embed(LINES)
     np.testing.assert_allclose(batched, single, atol=2e-5)
     # the same line padded beside the longest one, in another order
-    shuffled = LLMTextExtractor(model=str(tiny_text), batch_size=4).embed(LINES[::-1])
+    shuffled = LLMTextExtractor(model=str(tiny_text), dtype="float32", batch_size=4).embed(LINES[::-1])
     np.testing.assert_allclose(shuffled[::-1], batched, atol=2e-5)
     assert not np.allclose(batched[0], batched[1], atol=1e-3)
 
 
 def test_pool_options_and_every_layer(tiny_text: Path) -> None:
-    both = LLMTextExtractor(model=str(tiny_text), depth=1.0).embed(LINES[:2])
-    mean = LLMTextExtractor(model=str(tiny_text), depth=1.0, pool="mean")
-    last = LLMTextExtractor(model=str(tiny_text), depth=1.0, pool="last")
+    both = LLMTextExtractor(model=str(tiny_text), dtype="float32", depth=1.0).embed(LINES[:2])
+    mean = LLMTextExtractor(model=str(tiny_text), dtype="float32", depth=1.0, pool="mean")
+    last = LLMTextExtractor(model=str(tiny_text), dtype="float32", depth=1.0, pool="last")
     assert mean.dim == last.dim == 32
     np.testing.assert_allclose(mean.embed(LINES[:2]), both[:, :32], atol=1e-6)
     np.testing.assert_allclose(last.embed(LINES[:2]), both[:, 32:], atol=1e-6)
-    layers = LLMTextExtractor(model=str(tiny_text), depth=1.0).hidden_layers(LINES[:2])  # (2, 2 layers, 64)
+    full = LLMTextExtractor(model=str(tiny_text), dtype="float32", depth=1.0)
+    layers = full.hidden_layers(LINES[:2])  # (2 lines, 2 layers, 64)
     assert layers.shape == (2, 2, 64)
     np.testing.assert_allclose(layers[:, 1], both, atol=1e-6)
-    np.testing.assert_allclose(layers[:, 0], LLMTextExtractor(model=str(tiny_text), depth=0.5).embed(LINES[:2]),
-                               atol=1e-6)
+    middle = LLMTextExtractor(model=str(tiny_text), dtype="float32", depth=0.5)
+    np.testing.assert_allclose(layers[:, 0], middle.embed(LINES[:2]), atol=1e-6)
 
 
 def test_settings_key_and_bad_options(tiny_text: Path) -> None:
@@ -98,9 +99,9 @@ def test_settings_key_and_bad_options(tiny_text: Path) -> None:
     assert cache_key(a) != cache_key(build_extractor("llm_text", model=str(tiny_text), depth=1.0))
     assert a.settings()["layer"] == 1 and a.settings()["pool"] == "both"
     with pytest.raises(ValueError, match=r"depth=1.5: use a relative depth in \(0, 1\]"):
-        LLMTextExtractor(model=str(tiny_text), depth=1.5)
+        LLMTextExtractor(model=str(tiny_text), dtype="float32", depth=1.5)
     with pytest.raises(ValueError, match="pool='max'.*language='fr'"):
-        LLMTextExtractor(model=str(tiny_text), pool="max", language="fr")  # type: ignore[arg-type]
+        LLMTextExtractor(model=str(tiny_text), dtype="float32", pool="max", language="fr")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="bad options.*llm_text"):
         build_extractor("llm_text", layers=4)
 
@@ -124,17 +125,27 @@ def test_runner_embeds_a_chunk_in_batches_and_caches_per_clip(tiny_text: Path, t
         return forward(self, lines, all_layers)
 
     monkeypatch.setattr(LLMTextExtractor, "_forward", counted)
-    options = {"llm_text": {"model": str(tiny_text), "batch_size": 3}}
+    options = {"llm_text": {"model": str(tiny_text), "batch_size": 3, "dtype": "float32"}}
     report = extract_features(refs, ["llm_text"], tmp_path / "cache", workers=1, progress=False,
                               extractor_options=options)
     assert report.processed == 5 and not report.errors
     assert sorted(calls) == [1, 3]  # 4 lines in padded batches of 3, none run one by one
     assert report.status_counts == {"ok": 4, "empty_transcript": 1}
     features = load_features(tmp_path / "cache", report.cache_keys, [r.name for r in refs])
-    expected = LLMTextExtractor(model=str(tiny_text)).embed(LINES)
+    expected = LLMTextExtractor(model=str(tiny_text), dtype="float32").embed(LINES)
     np.testing.assert_allclose(features.blocks[0][:4], expected, atol=2e-5)
     assert features.masks[:, 0].tolist() == [True] * 4 + [False]
     calls.clear()
     again = extract_features(refs, ["llm_text"], tmp_path / "cache", workers=1, progress=False,
                              extractor_options=options)
     assert again.skipped == 5 and calls == []
+
+
+def test_bf16_weights_give_nearly_the_float32_vectors(tiny_text: Path) -> None:
+    full = LLMTextExtractor(model=str(tiny_text), dtype="float32").embed(LINES)
+    half = LLMTextExtractor(model=str(tiny_text), dtype="bfloat16")
+    assert half.settings()["dtype"] == "bfloat16" and half.resolved_dtype() == "bfloat16"
+    vectors = half.embed(LINES)
+    assert next(half._net.parameters()).dtype == torch.bfloat16 and vectors.dtype == np.float32
+    cosine = (vectors * full).sum(1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(full, axis=1)
+    assert cosine.min() > 0.99
