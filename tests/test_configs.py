@@ -54,9 +54,9 @@ def test_shipped_text_teacher_config():
     label = load_config(TeacherLabelConfig, CONFIGS / "teacher-label-text.yaml", {"data": "d", "run": "r"})
     assert label.features.extractors == ("egemaps", "whisper", "face", "e5", "llm_text")
     assert label.features.workers == 1  # each worker would hold its own copy of the LLM
-    calibrated, knn = label.agents[3].options, label.agents[4].options
-    assert (calibrated["calibration"], calibrated["cpu_dtype"]) == ("content_free", "bfloat16")
-    assert knn["incontext_k"] == 4 and "calibration" not in knn
+    zero_shot, knn = label.agents[3].options, label.agents[4].options
+    assert zero_shot["cpu_dtype"] == knn["cpu_dtype"] == "bfloat16" and "calibration" not in zero_shot
+    assert knn["incontext_k"] == 4
     bench = load_config(TeacherTrainConfig, CONFIGS / "teacher-text-lora-bench.yaml", {"data": "d", "out": "o",
                                                                                           "run": "r"})
     assert (bench.folds, bench.epochs, bench.lora.r, bench.merge) == (5, 3, 8, False)
