@@ -71,6 +71,12 @@ def _hf_text(num_frames: int = 8, **options: Any) -> Extractor:
     return HFTextExtractor(**options)
 
 
+def _llm_text(num_frames: int = 8, **options: Any) -> Extractor:
+    from features.llm_text import LLMTextExtractor
+
+    return LLMTextExtractor(**options)
+
+
 EXTRACTORS: dict[str, Callable[..., Extractor]] = {
     "egemaps": _egemaps,
     "compare": _compare,
@@ -81,6 +87,7 @@ EXTRACTORS: dict[str, Callable[..., Extractor]] = {
     "hubert": _hubert,
     "clip": _clip,
     "hf_text": _hf_text,
+    "llm_text": _llm_text,
 }
 DEFAULT_EXTRACTORS: tuple[str, ...] = ("egemaps", "whisper", "face", "e5")
 

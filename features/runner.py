@@ -47,6 +47,8 @@ from features.cache import clip_path, read_entry, refresh_index, write_entry, wr
 from features.registry import build_extractor
 
 STATUS_FILE = "status.csv"
+# clips a worker takes at a time: batched extractors (llm_text) embed a chunk's transcripts in padded batches
+CHUNK_CLIPS = 16
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -153,6 +155,25 @@ class ClipWorker:
             return clip, f"{type(err).__name__}: {err}"
         return clip, clip.error or ""
 
+    def process_chunk(self, refs: Sequence[ClipRef]) -> list[ClipOutcome]:
+        """process() each of `refs`, after handing the transcripts of the clips each batched extractor (one with a
+        `prepare(transcripts)` method, e.g. llm_text) has still to do to it in one call, so that it runs them in
+        padded batches rather than one forward pass per clip."""
+        for extractor, key in zip(self.extractors, self.keys, strict=True):
+            prepare = getattr(extractor, "prepare", None)
+            if prepare is None:
+                continue
+            pending = []
+            for ref in refs:
+                entry = read_entry(clip_path(self.cache_root, key, check_name(ref.name)), extractor.dim)
+                if entry is None or entry.error:
+                    pending.append(ref.transcript)
+            try:
+                prepare(pending)
+            except Exception:  # each clip's extract() then runs alone and records its own error
+                continue
+        return [self.process(ref) for ref in refs]
+
     def process(self, ref: ClipRef) -> ClipOutcome:
         """Skip `ref` when every cache file validates, else decode once and run the pending extractors."""
         name = check_name(ref.name)
@@ -232,9 +253,9 @@ def _init_worker(names: Sequence[str], options: dict[str, dict], cache_root: Pat
     _WORKER = ClipWorker(_build_all(names, options, num_frames), cache_root, num_frames)
 
 
-def _process_in_worker(ref: ClipRef) -> ClipOutcome:
+def _process_in_worker(refs: list[ClipRef]) -> list[ClipOutcome]:
     assert _WORKER is not None, "pool worker used before _init_worker"
-    return _WORKER.process(ref)
+    return _WORKER.process_chunk(refs)
 
 
 def _build_all(names: Sequence[str], options: dict[str, dict], num_frames: int) -> list[Extractor]:
@@ -296,15 +317,19 @@ def _outcomes(
     """Outcomes in completion order, in this process (workers=1) or a pool of spawned processes."""
     if not refs:
         return
+    # chunks of clips: batched extractors (llm_text) run a chunk's transcripts in padded batches
+    size = max(1, min(CHUNK_CLIPS, len(refs) // workers))
+    chunks = [refs[begin:begin + size] for begin in range(0, len(refs), size)]
     if workers <= 1:
         worker = ClipWorker(_build_all(names, options, num_frames), cache_root, num_frames)
-        yield from map(worker.process, refs)
+        for chunk in chunks:
+            yield from worker.process_chunk(chunk)
         return
     # spawn, not fork: the parent may hold torch or OpenMP threads, which a forked child inherits broken
     context = multiprocessing.get_context("spawn")
-    chunksize = max(1, min(16, len(refs) // (workers * 8)))
     with context.Pool(workers, _init_worker, (tuple(names), options, Path(cache_root), num_frames)) as pool:
-        yield from pool.imap_unordered(_process_in_worker, refs, chunksize=chunksize)
+        for outcomes in pool.imap_unordered(_process_in_worker, chunks):
+            yield from outcomes
 
 
 class RayClipWorker:
@@ -315,12 +340,12 @@ class RayClipWorker:
         self.worker = ClipWorker(_build_all(names, options, num_frames), Path(cache_root), num_frames)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        outcomes = [
-            self.worker.process(ClipRef(name=str(name), path=Path(path) if path else None, label=None,
-                                        transcript=str(text) if text else None, status=parse_status(str(status))))
+        outcomes = self.worker.process_chunk([
+            ClipRef(name=str(name), path=Path(path) if path else None, label=None,
+                    transcript=str(text) if text else None, status=parse_status(str(status)))
             for name, path, text, status in zip(batch["name"], batch["path"], batch["transcript"], batch["status"],
                                                 strict=True)
-        ]
+        ])
         return {
             "name": [o.name for o in outcomes],
             "computed": [o.computed for o in outcomes],

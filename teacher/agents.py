@@ -17,6 +17,10 @@ from teacher.spec import Agent, AgentContext, AgentSpec
 
 
 def _build_llm_agent(spec: AgentSpec, context: AgentContext) -> Agent:
+    if spec.options.get("incontext_k"):
+        from teacher.incontext import build_incontext_agent  # the llm agent with cross-fitted examples
+
+        return build_incontext_agent(spec, context)
     from teacher.llm_agent import build_llm_agent  # torch and transformers load only when an llm agent is used
 
     return build_llm_agent(spec, context)

@@ -121,7 +121,8 @@ def labelled_evidence(spec: AgentSpec, context: AgentContext) -> dict:
     config alone: {"labelled_scores": "out_of_fold" | "zero_shot" | "in_sample", "provenance": ...}.
 
     Feature agents and fold-served llm agents fit or load one model per fold of the run's assignment (out of fold,
-    with `folds` and `fold_seed`); a single llm model is "in_sample" when its record (or its adapter's) says it
+    with `folds` and `fold_seed`), and so does a zero-shot model shown in-context examples of the other folds only;
+    a single llm model is "in_sample" when its record (or its adapter's) says it
     trained on labelled clips, or when an adapter has no record, and "zero_shot" when nothing records training.
     Raises ValueError naming the folder when a fold model's record does not leave out its fold of this run.
     """
@@ -133,6 +134,10 @@ def labelled_evidence(spec: AgentSpec, context: AgentContext) -> dict:
         return {"labelled_scores": "out_of_fold", "folds": folds.folds, "fold_seed": folds.seed,
                 "provenance": [record for group in serving for record in group.records]}
     kind, records = labelled_scores_of(spec.options.get("model"), spec.options.get("adapter"))
+    if kind == "zero_shot" and spec.options.get("incontext_k"):
+        # a model that saw no label, shown labelled lines of the other folds only (teacher.incontext)
+        return {"labelled_scores": "out_of_fold", "folds": folds.folds, "fold_seed": folds.seed,
+                "provenance": records}
     return {"labelled_scores": kind, "provenance": records}
 
 

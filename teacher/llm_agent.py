@@ -30,6 +30,7 @@ import numpy as np
 
 from clips.dataset import ClipRef
 from clips.labels import LABELS, NUM_LABELS
+from llm.calibration import content_free_requests, prior_correct
 from llm.decoded import DecodedCache, DecodedMedia
 from llm.families import Family
 from llm.prompts import build_rationale_prompt
@@ -45,7 +46,7 @@ def _hf_scorer(options: LLMAgentOptions, family: Family, plan_for: Callable, ada
     from llm.hf_backend import HFScorer, load_model, tokenizer_of
 
     model, processor = load_model(options.model, family, device=options.device, quantization=options.quantization,
-                                  adapters=adapters)
+                                  adapters=adapters, dtype=options.torch_dtype())
     plan = plan_for(tokenizer_of(processor))
     return HFScorer(model, processor, family, plan, options.batch_size), processor
 
@@ -122,6 +123,8 @@ class LLMAgent:
         # requests per scorer call: the transformers backend runs them batch_size at a time while the workers
         # decode ahead; a vLLM engine schedules its own batches and fills them best from many requests at once
         self.chunk = 4 * options.batch_size if options.backend == "hf" else max(256, 4 * options.batch_size)
+        # content-free label prior per adapter slot (llm.calibration), computed once when asked for
+        self._prior: dict[int | None, np.ndarray] = {}
 
     @property
     def plan(self) -> LabelScoring:
@@ -178,11 +181,23 @@ class LLMAgent:
                 flush()
         if requests:
             flush()
+        if self.options.calibration == "content_free":
+            priors = np.stack([self.content_free_prior(a if self.adapters else None) for a in range(slots)])
+            out = prior_correct(out, priors[None])                                   # (n, S, 6) / (1, S, 6)
         missing = len(names) - len({i for i, _ in known if not np.isnan(out[i, :, 0]).all()})
         if missing:
             log.info("agent %s: %d of %d clips lack %s media or were not asked: NaN rows", self.name, missing,
                      len(names), self.options.view)
         return out, mass
+
+    def content_free_prior(self, adapter: int | None = None) -> np.ndarray:
+        """(6,) mean label probabilities of content-free lines under this agent's prompt (llm.calibration) and
+        `adapter` (an index into `adapters`; None: the base model), computed once per adapter."""
+        if adapter not in self._prior:
+            requests = content_free_requests(self.requests.family, self.requests.processor,
+                                             self.options.request_settings())
+            self._prior[adapter] = self.scorer.scores(requests, adapter_ids=[adapter] * len(requests))[0].mean(axis=0)
+        return self._prior[adapter]
 
     def close(self) -> None:
         """Release the model (and shut a vLLM engine down) so the next agent can load; the agent is unusable after."""

@@ -66,6 +66,14 @@ class LLMAgentOptions:
     max_pixels: int | None = None
     # vLLM engine arguments added to the defaults (max_model_len, gpu_memory_utilization, ...)
     engine: dict[str, Any] = field(default_factory=dict)
+    # hf backend weights on CPU: float32, or bfloat16 (half the memory; faster on CPUs with AVX512-BF16 or AMX)
+    cpu_dtype: Literal["float32", "bfloat16"] = "float32"
+    # label-prior correction: "none", or "content_free" (divide by the mean scores of content-free lines; text view)
+    calibration: Literal["none", "content_free"] = "none"
+    # in-context examples: the k most similar labelled lines with their labels above the question (0: none)
+    incontext_k: int = 0
+    # cached text extractor of the run whose vectors pick the in-context examples (cosine similarity)
+    incontext_features: str = "e5"
 
     def __post_init__(self) -> None:
         problems = []
@@ -89,6 +97,17 @@ class LLMAgentOptions:
         for name in ("batch_size", "num_frames", "frame_side"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: use a positive number")
+        if self.cpu_dtype not in ("float32", "bfloat16"):
+            problems.append(f"cpu_dtype={self.cpu_dtype!r}: use float32 or bfloat16")
+        if self.calibration not in ("none", "content_free"):
+            problems.append(f"calibration={self.calibration!r}: use none or content_free")
+        elif self.calibration == "content_free" and self.view != "text":
+            problems.append(f"calibration=content_free needs view text (view={self.view!r}); use calibration: none")
+        if self.incontext_k < 0:
+            problems.append(f"incontext_k={self.incontext_k}: use 0 (no examples) or a positive number of lines")
+        elif self.incontext_k and self.calibration != "none":
+            problems.append("incontext_k with calibration=content_free: the content-free prior is the zero-shot "
+                            "prompt's; use calibration: none with in-context examples")
         if self.max_seconds <= 0:
             problems.append(f"max_seconds={self.max_seconds}: use a positive number of seconds")
         if problems:
@@ -119,6 +138,15 @@ class LLMAgentOptions:
 
         return DecodeSettings(num_frames=self.num_frames, max_seconds=self.max_seconds, frame_side=self.frame_side,
                               faces=self.view == "face")
+
+    def torch_dtype(self):
+        """The weights' torch dtype for the hf backend: bf16 on CUDA, `cpu_dtype` on CPU."""
+        import torch
+
+        from llm.hf_backend import model_dtype, pick_device
+
+        device = pick_device(self.device)
+        return model_dtype(device) if device.type == "cuda" else getattr(torch, self.cpu_dtype)
 
     def request_settings(self) -> RequestSettings:
         return RequestSettings(view=self.view, language=self.language, transcript=self.transcript)

@@ -18,6 +18,8 @@ STAGES = {
     "teacher-omni.yaml": (TeacherTrainConfig, {"data": "d", "out": "o", "run": "r"}),
     "teacher-text-cpu.yaml": (TeacherTrainConfig, {"data": "d", "out": "o"}),
     "teacher-label-llm.yaml": (TeacherLabelConfig, {"data": "d", "run": "r"}),
+    "teacher-label-text.yaml": (TeacherLabelConfig, {"data": "d", "run": "r"}),
+    "teacher-text-lora-bench.yaml": (TeacherTrainConfig, {"data": "d", "out": "o", "run": "r"}),
     "distill.yaml": (DistillConfig, {"data": "d", "run": "r"}),
 }
 
@@ -50,3 +52,15 @@ def test_shipped_distill_config_is_the_default():
     shipped = load_config(DistillConfig, CONFIGS / "distill.yaml", {"data": "d", "run": "r"})
     assert shipped.filter == DistillConfig(data=Path("d"), run=Path("r")).filter
     assert shipped.student == DistillConfig(data=Path("d"), run=Path("r")).student
+
+
+def test_shipped_text_teacher_config():
+    label = load_config(TeacherLabelConfig, CONFIGS / "teacher-label-text.yaml", {"data": "d", "run": "r"})
+    assert label.features.extractors == ("egemaps", "whisper", "face", "e5", "llm_text")
+    assert label.features.workers == 1  # each worker would hold its own copy of the LLM
+    zero_shot, knn = label.agents[3].options, label.agents[4].options
+    assert zero_shot["cpu_dtype"] == knn["cpu_dtype"] == "bfloat16" and "calibration" not in zero_shot
+    assert knn["incontext_k"] == 4
+    bench = load_config(TeacherTrainConfig, CONFIGS / "teacher-text-lora-bench.yaml", {"data": "d", "out": "o",
+                                                                                          "run": "r"})
+    assert (bench.folds, bench.epochs, bench.lora.r, bench.merge) == (5, 3, 8, False)

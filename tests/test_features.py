@@ -78,7 +78,7 @@ def test_registry_lists_defaults_and_refuses_unknown_names() -> None:
     with pytest.raises(
         ValueError,
         match=r"unknown feature extractor 'nope'; registered: clip, compare, e5, egemaps, emobase, face, hf_text, "
-        "hubert, whisper$",
+        "hubert, llm_text, whisper$",
     ):
         build_extractor("nope")
     with pytest.raises(ValueError, match="bad options"):
