@@ -270,11 +270,15 @@ def test_teacher_train_folds_then_label_out_of_fold_with_the_fold_adapters(tiny_
     assert store.read_meta("qwen")["labelled_scores"] == "out_of_fold"
     names, fold_probs = store.read_folds("qwen")
     _, probs = store.read("qwen")
+    fold_of = folds.of(names)
     for k in range(2):
         adapter = str(out / f"fold_{k}" / "adapter")
         direct = build_agent(AgentSpec(name="q", kind="llm", options={**options, "adapter": adapter}),
                              _llm_context(data))
-        np.testing.assert_allclose(fold_probs[:, k], direct.score(names), atol=1e-5)
+        # fold k's adapter scored the pool and its own fold's labelled clips, nothing else
+        scored = ~np.isnan(fold_probs[:, k, 0])
+        assert scored.tolist() == [f in (k, -1) for f in fold_of.tolist()]
+        np.testing.assert_allclose(fold_probs[scored, k], direct.score(names)[scored], atol=1e-5)
     for i, name in enumerate(names):
         fold = folds.of([name])[0]
         expected = fold_probs[i, fold] if fold >= 0 else fold_probs[i].mean(axis=0)
@@ -343,4 +347,5 @@ def test_an_llm_teacher_trained_per_fold_on_shuffled_labels_keeps_every_reported
     assert llm_waf <= 0.3, llm_waf
     with_pseudo = distill(DistillConfig(data=data, run=run, student=STUDENT, progress=False))
     assert with_pseudo.scores.waf <= 0.26, with_pseudo.scores.waf
-    assert with_pseudo.filter_point.precision <= 0.35
+    # the filter's held-out precision cannot claim better than chance: its 95% interval reaches below 0.3
+    assert with_pseudo.filter_point.precision_low < 0.3, with_pseudo.filter_point
