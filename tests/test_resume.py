@@ -222,5 +222,8 @@ def test_fold_model_scoring_killed_then_rerun_equals_an_uninterrupted_run(refere
         got_names, got_arrays = read("qwen")
         want_names, want_arrays = getattr(want, read.__name__)("qwen")
         assert list(got_names) == list(want_names) and sorted(got_names) == sorted(names)
-        np.testing.assert_array_equal(got_arrays, want_arrays)
+        # the same clips and the same scores; the resumed batches pad to other lengths, which moves float32
+        # probabilities by a rounding step (1e-7)
+        np.testing.assert_array_equal(np.isnan(got_arrays), np.isnan(want_arrays))
+        np.testing.assert_allclose(got_arrays, want_arrays, rtol=1e-5, atol=1e-6)
     assert leftovers(runs["killed"]) == []
