@@ -209,7 +209,7 @@ def test_audio_adapter_is_refused_with_the_merged_export_named(audio):
         VLLMScorer(str(folder), tiny_family("qwen2_audio"), plan, adapters=[adapter])
     options = LLMAgentOptions(model=str(folder), family="qwen2_audio", adapter=str(adapter), backend="vllm")
     with pytest.raises(ValueError, match=r"no LoRA support in vLLM"):
-        SCORER_BUILDERS["vllm"](options, options.family_record(), options.scoring_plan)
+        SCORER_BUILDERS["vllm"](options, options.family_record(), options.scoring_plan, [options.adapter])
 
 
 # --------------------------------------------------- teacher-label: a vLLM agent as users run it, then the next agent
@@ -237,18 +237,18 @@ def test_teacher_label_with_a_vllm_agent_writes_the_transformers_store_and_frees
     alive_at_next_build: list[list[int]] = []
     build_vllm, build_hf = llm_agent.SCORER_BUILDERS["vllm"], llm_agent.SCORER_BUILDERS["hf"]
 
-    def vllm_watched(options, family, plan_for):
+    def vllm_watched(options, family, plan_for, adapters):
         before = {p.pid for p in psutil.Process().children(recursive=True)}
-        built = build_vllm(options, family, plan_for)
+        built = build_vllm(options, family, plan_for, adapters)
         # the engine core and its worker; multiprocessing's resource tracker lives as long as this process
         engine_processes.extend(p for p in psutil.Process().children(recursive=True)
                                 if p.pid not in before and "resource_tracker" not in " ".join(p.cmdline()))
         return built
 
-    def hf_watched(options, family, plan_for):
+    def hf_watched(options, family, plan_for, adapters):
         alive_at_next_build.append([p.pid for p in engine_processes
                                     if p.is_running() and p.status() != psutil.STATUS_ZOMBIE])
-        return build_hf(options, family, plan_for)
+        return build_hf(options, family, plan_for, adapters)
 
     monkeypatch.setitem(llm_agent.SCORER_BUILDERS, "vllm", vllm_watched)
     monkeypatch.setitem(llm_agent.SCORER_BUILDERS, "hf", hf_watched)
