@@ -151,16 +151,12 @@ def load_weights(model: str | Path, family: Family, adapter: str | Path | None =
     net = model_class.from_pretrained(checkpoint(model), **kwargs)
     if quant is None:
         net = net.to(target)
-    if adapter is not None:
+    adapters = [adapter] if adapter is not None else list(adapters)
+    if adapters:
         from peft import PeftModel
 
-        net = PeftModel.from_pretrained(net, str(adapter))
-    for i, path in enumerate(adapters):
-        if i == 0:
-            from peft import PeftModel
-
-            net = PeftModel.from_pretrained(net, str(path), adapter_name=adapter_name(0))
-        else:
+        net = PeftModel.from_pretrained(net, str(adapters[0]), adapter_name=adapter_name(0))
+        for i, path in enumerate(adapters[1:], start=1):
             net.load_adapter(str(path), adapter_name=adapter_name(i))
     return net.eval()
 
