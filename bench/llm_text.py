@@ -40,7 +40,8 @@ from clips.labels import LABELS, label_index
 from clips.scoring import score
 from features.llm_text import LLMTextExtractor, layer_of
 from features.text import E5Extractor
-from llm.calibration import fold_prior_correct, prior_correct
+from llm.calibration import prior_correct
+from pseudo.measure import calibrated_held_out, fold_calibrations
 from student.linear import C_GRID, linear_design
 from student.train import StudentConfig, train_student
 
@@ -105,6 +106,12 @@ def student_wafs(blocks: list[np.ndarray], y: np.ndarray, seeds: int) -> list[fl
                                fold_of=stratified_folds(y, 5, seed))
         wafs.append(result.scores.waf)
     return wafs
+
+
+def training_fold_prior(probs: np.ndarray, y: np.ndarray, fold_of: np.ndarray) -> np.ndarray:
+    """(n, 6) the agent's probabilities with the label prior that distill's filter fits on the other folds."""
+    calibrations = fold_calibrations(probs[None], y, fold_of)
+    return calibrated_held_out(probs[None], fold_of, calibrations, temperature=False)[0]
 
 
 def show(rows: list[tuple[str, list[float], str]]) -> None:
@@ -178,7 +185,7 @@ def agent_rows(folder: Path, size: str, refs, y: np.ndarray, e5: np.ndarray, see
     rows = [(f"agent {size} zero-shot", [waf(y, probs.argmax(1))], said(probs)),
             (f"agent {size} content-free calibrated", [waf(y, calibrated.argmax(1))], said(calibrated)),
             (f"agent {size} training-fold prior",
-             [waf(y, fold_prior_correct(probs, stratified_folds(y, 5, s), y).argmax(1)) for s in range(seeds)], "")]
+             [waf(y, training_fold_prior(probs, y, stratified_folds(y, 5, s)).argmax(1)) for s in range(seeds)], "")]
     features = FeatureSet(names=names, blocks=[e5], masks=np.ones((len(names), 1), bool), extractors=["e5-bench"],
                           modalities=["text"])
     labels = {ref.name: ref.label for ref in refs}

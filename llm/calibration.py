@@ -5,7 +5,6 @@ Usage:
     requests = content_free_requests(family, tokenizer, RequestSettings(view="text", language="zh"))
     prior = scorer.scores(requests)[0].mean(0)                 # (6,) what the model says to no content at all
     probs = prior_correct(probs, prior)                        # (n, 6) renormalised probs / prior
-    probs = fold_prior_correct(probs, fold_of, labels)         # or: a prior fitted on the training folds only
 
 Two estimates of the model's label prior, both fixed by principle rather than tuned on the scored clips:
 - content-free (Zhao et al. 2021, "Calibrate before use"): the mean probabilities the model gives lines that say
@@ -13,8 +12,8 @@ Two estimates of the model's label prior, both fixed by principle rather than tu
   uniform. It needs no labels, so it is the same for every clip and every fold.
 - fitted on the training folds: for fold k, the model's mean probabilities over the labelled clips of the other
   folds against those clips' label frequencies (the label-shift correction of Saerens et al. 2002 with the
-  training folds' prior as the target); pool clips use every labelled clip. A clip's correction never sees its own
-  label, so the corrected scores stay out of fold.
+  training folds' prior as the target). It needs labels, so it is the filter's first calibration step, for every
+  agent (pseudo.calibration.fit_prior, cross-fitted by pseudo.measure.fold_calibrations; FilterConfig.prior).
 """
 
 from __future__ import annotations
@@ -59,25 +58,3 @@ def prior_correct(probs: np.ndarray, prior: np.ndarray, target: np.ndarray | Non
     scaled = probs * weights
     return (scaled / scaled.sum(axis=-1, keepdims=True)).astype(np.float32)
 
-
-def fold_prior_correct(probs: np.ndarray, fold_of: np.ndarray, labels: np.ndarray,
-                       labelled: np.ndarray | None = None) -> np.ndarray:
-    """(n, 6) probabilities corrected per fold by a prior fitted on the training folds only.
-
-    `fold_of` (n,) is each clip's fold (-1: a pool clip), `labels` (n,) the label index of the labelled clips
-    (ignored elsewhere), `labelled` (n,) marks them (default: fold_of >= 0). Fold k's clips are corrected by
-    the mean probabilities and label frequencies of the labelled clips of the other folds; pool clips by those of
-    every labelled clip. Returns float32 (n, 6).
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    fold_of = np.asarray(fold_of)
-    labelled = fold_of >= 0 if labelled is None else np.asarray(labelled, dtype=bool)
-    out = np.full(probs.shape, np.nan, dtype=np.float32)
-    for k in [*np.unique(fold_of[fold_of >= 0]).tolist(), -1]:
-        rows = fold_of == k
-        if not rows.any():
-            continue
-        train = labelled & (fold_of != k) & ~np.isnan(probs).any(axis=1)
-        target = np.bincount(np.asarray(labels)[train], minlength=probs.shape[1]) / max(train.sum(), 1)
-        out[rows] = prior_correct(probs[rows], probs[train].mean(axis=0), target)
-    return out

@@ -1,11 +1,20 @@
-"""Temperature scaling of each agent's probabilities, and the expected calibration error around it.
+"""Calibration of each agent's probabilities: its label prior corrected, then temperature scaling; and the expected
+calibration error around it.
 
 Usage:
-    temperature = fit_temperature(oof_probs, y)                  # (clips, 6) probabilities, (clips,) labels
-    calibrated = apply_temperature(pool_probs, temperature)
+    weights = fit_prior(oof_probs, y)                            # (clips, 6) probabilities, (clips,) labels
+    corrected = apply_prior(oof_probs, weights)                  # an agent that says "worried" to all lines does not
+    temperature = fit_temperature(corrected, y)
+    calibrated = apply_temperature(apply_prior(pool_probs, weights), temperature)
     ece_before, ece_after = expected_calibration_error(oof_probs, y), expected_calibration_error(calibrated, y)
 
-Cross-fitting over the run's folds (temperatures of fold k fitted on the other folds) is pseudo.measure's
+The label prior: an agent's mean probabilities over labelled clips against those clips' label frequencies; its
+probabilities are multiplied by frequency / mean and renormalised (the prior-shift correction of Saerens et al.
+2002, with the labelled clips' prior as the target). A zero-shot LLM's bias toward some label is removed; an agent
+trained on the labels (mean probabilities near the frequencies) is left nearly as it is. A temperature cannot do
+this: it never changes an agent's top label.
+
+Cross-fitting over the run's folds (fold k's prior and temperature fitted on the other folds) is pseudo.measure's
 fold_calibrations and calibrated_held_out.
 
 Every function takes probabilities (rows summing to 1, NaN rows = no evidence) and works in log-probability space:
@@ -20,6 +29,39 @@ from scipy.optimize import minimize_scalar
 EPS = 1e-6
 # T is searched in [1/20, 20] on a log scale: wider than any agent needs, narrow enough to stay finite
 T_BOUNDS = (0.05, 20.0)
+# floor on an agent's mean probability of a label: a label it never says is not divided by zero
+PRIOR_FLOOR = 1e-4
+
+
+def fit_prior(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(6,) prior weights of one agent: the frequency of each label in `labels` (clips,) over the agent's mean
+    probability of it in `probs` (clips, 6), on the rows with evidence. Ones when no row has evidence."""
+    has = ~np.isnan(probs).any(axis=-1)
+    if not has.any():
+        return np.ones(probs.shape[-1], dtype=np.float32)
+    frequency = np.bincount(labels[has], minlength=probs.shape[-1]) / has.sum()
+    return (frequency / np.maximum(probs[has].mean(axis=0), PRIOR_FLOOR)).astype(np.float32)
+
+
+def apply_prior(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """probs * weights renormalised over the last axis; NaN rows stay NaN. A label that no clip carries
+    (weight 0) is never predicted; a row whose weighted mass is 0 stays as it was."""
+    scaled = probs * weights
+    total = scaled.sum(axis=-1, keepdims=True)
+    return np.where(total > 0, scaled / np.where(total > 0, total, 1.0), probs).astype(np.float32)
+
+
+def fit_priors(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(agents, 6) prior weights of each agent of `probs` (agents, clips, 6)."""
+    return np.stack([fit_prior(agent_probs, labels) for agent_probs in probs])
+
+
+def apply_priors(probs: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """(agents, ...) each agent's probabilities `probs` (agents, ..., 6) corrected by its own prior weights
+    (agents, 6); as they are when `weights` is None."""
+    if weights is None:
+        return probs
+    return np.stack([apply_prior(p, w) for p, w in zip(probs, weights, strict=True)])
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:

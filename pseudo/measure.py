@@ -8,12 +8,12 @@ Usage:
     fit.point              # precision, coverage, per-class kept and Wilson intervals on the held-out clips
     curves = sweep_families(labelled_probs, y, fold_of, pool_fold_probs, pool_names, cfg, calibrations)
 
-For fold k everything is fitted on the labelled clips of the other folds: the temperatures, the agents' WAF
-weights and any target-precision thresholds. The pool is scored by the agents' fold-k models (which never saw fold
-k's labels), the filter's rule (quota, caps, adaptive thresholds) runs on the pool, and the per-class confidence
-thresholds it amounts to there (pseudo.filters.applied_thresholds) are applied, behind the same agreement gate, to
-fold k's labelled clips. So the measured filter is the applied filter, and no measured clip's label took part in
-choosing it. `labelled_probs` must be out of fold (each clip scored by a model that never saw its label).
+For fold k everything is fitted on the labelled clips of the other folds: the agents' label priors and temperatures,
+their WAF weights and any target-precision thresholds. The pool is scored by the agents' fold-k models (which never
+saw fold k's labels), the filter's rule (quota, caps, adaptive thresholds) runs on the pool, and the per-class
+confidence thresholds it amounts to there (pseudo.filters.applied_thresholds) are applied, behind the same agreement
+gate, to fold k's labelled clips. So the measured filter is the applied filter, and no measured clip's label took
+part in choosing it. `labelled_probs` must be out of fold (each clip scored by a model that never saw its label).
 """
 
 from __future__ import annotations
@@ -24,7 +24,13 @@ import numpy as np
 
 from clips.labels import LABELS, NUM_LABELS
 from clips.scoring import score
-from pseudo.calibration import apply_temperatures, expected_calibration_error, fit_temperatures
+from pseudo.calibration import (
+    apply_priors,
+    apply_temperatures,
+    expected_calibration_error,
+    fit_priors,
+    fit_temperatures,
+)
 from pseudo.filters import applied_thresholds, confidence_mask, evidence_mask, wilson_interval
 from pseudo.select import FilterConfig, PseudoLabels, combine_agents, gate_mask, select_pseudo_labels
 
@@ -41,10 +47,12 @@ SWEEPS: dict[str, tuple[str, list[float]]] = {
 class Calibration:
     """What one fold's filter learns from the labelled clips of the other folds."""
 
-    # (agents,) temperatures
+    # (agents,) temperatures, fitted on the prior-corrected probabilities
     temperatures: np.ndarray
-    # (agents,) each agent's WAF on those clips (where it has evidence)
+    # (agents,) each agent's WAF on those clips (where it has evidence), after the prior correction
     agent_scores: np.ndarray
+    # (agents, 6) prior weights of each agent (pseudo.calibration.fit_prior); None: no prior correction
+    priors: np.ndarray | None = None
 
 
 @dataclass
@@ -79,8 +87,10 @@ class CrossFit:
     held_label: np.ndarray | None = None
 
 
-def fold_calibrations(labelled_probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarray) -> list[Calibration]:
-    """Per fold k, temperatures and agent WAFs fitted on the labelled clips outside fold k.
+def fold_calibrations(labelled_probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarray,
+                      prior: bool = True) -> list[Calibration]:
+    """Per fold k, the agents' prior weights (when `prior`), temperatures and WAFs fitted on the labelled clips
+    outside fold k.
 
     `labelled_probs` (agents, clips, 6) out-of-fold probabilities, `labels` (clips,), `fold_of` (clips,).
     """
@@ -88,18 +98,23 @@ def fold_calibrations(labelled_probs: np.ndarray, labels: np.ndarray, fold_of: n
     for k in range(int(fold_of.max()) + 1):
         train = fold_of != k
         probs, y = labelled_probs[:, train], labels[train]
+        priors = fit_priors(probs, y) if prior else None
+        probs = apply_priors(probs, priors)
         has = evidence_mask(probs)                                   # (agents, clips)
         scores = np.array([score(y[h], p[h].argmax(axis=1)).waf if h.any() else 0.0
                            for p, h in zip(probs, has, strict=True)], dtype=np.float32)
-        out.append(Calibration(temperatures=fit_temperatures(probs, y), agent_scores=scores))
+        out.append(Calibration(temperatures=fit_temperatures(probs, y), agent_scores=scores, priors=priors))
     return out
 
 
-def calibrated_held_out(labelled_probs: np.ndarray, fold_of: np.ndarray, calibrations: list[Calibration]) -> np.ndarray:
-    """(agents, clips, 6) each fold's labelled clips scaled by the temperatures fitted on the other folds."""
+def calibrated_held_out(labelled_probs: np.ndarray, fold_of: np.ndarray, calibrations: list[Calibration],
+                        temperature: bool = True) -> np.ndarray:
+    """(agents, clips, 6) each fold's labelled clips corrected by the priors and scaled by the temperatures
+    (unless not `temperature`) fitted on the other folds."""
     out = np.full_like(labelled_probs, np.nan, dtype=np.float32)
     for k, cal in enumerate(calibrations):
-        out[:, fold_of == k] = apply_temperatures(labelled_probs[:, fold_of == k], cal.temperatures)
+        held = apply_priors(labelled_probs[:, fold_of == k], cal.priors)
+        out[:, fold_of == k] = apply_temperatures(held, cal.temperatures) if temperature else held
     return out
 
 
@@ -155,15 +170,18 @@ def cross_fit(labelled_probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarra
     pseudo, thresholds = [], []
     for k, cal in enumerate(calibrations):
         train, held = fold_of != k, fold_of == k
+        # fold k's prior weights on every clip it filters (agreement, confidence and combination all see them)
+        fold_labelled = apply_priors(labelled_probs, cal.priors)
+        fold_pool = apply_priors(pool_probs[:, :, k], cal.priors)
         # the labelled prior of the training folds, at the size of the whole labelled set
         counts = np.bincount(labels[train], minlength=NUM_LABELS) * len(labels) / max(int(train.sum()), 1)
         targets = (None if cfg.target_precision is None
-                   else target_thresholds(labelled_probs[:, train], labels[train], cfg, cal, cfg.target_precision))
-        chosen = select_pseudo_labels(pool_probs[:, :, k], pool_names, cfg, counts, cal.temperatures,
+                   else target_thresholds(fold_labelled[:, train], labels[train], cfg, cal, cfg.target_precision))
+        chosen = select_pseudo_labels(fold_pool, pool_names, cfg, counts, cal.temperatures,
                                       cal.agent_scores, targets)
         applied = applied_thresholds(chosen.labels, chosen.confidence)      # (6,)
         # the same filter on fold k's labelled clips: same calibration, same gate, the thresholds it applied
-        held_probs = labelled_probs[:, held]
+        held_probs = fold_labelled[:, held]
         combined = combine_agents(held_probs, cfg, cal.temperatures, cal.agent_scores)
         kept[held] = gate_mask(held_probs, combined, cfg) & confidence_mask(combined, applied)
         predicted[held] = combined.argmax(axis=1)
@@ -190,15 +208,20 @@ def sweep_families(labelled_probs: np.ndarray, labels: np.ndarray, fold_of: np.n
 
 def calibration_summary(labelled_probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarray,
                         calibrations: list[Calibration], agents: list[str]) -> dict[str, dict[str, float]]:
-    """Per agent: mean temperature over the folds, out-of-fold WAF, ECE before and after cross-fitted calibration."""
+    """Per agent: mean temperature and prior weights over the folds, out-of-fold WAF before and after the
+    cross-fitted prior correction, ECE before and after cross-fitted calibration."""
     calibrated = calibrated_held_out(labelled_probs, fold_of, calibrations)
+    corrected = calibrated_held_out(labelled_probs, fold_of, calibrations, temperature=False)
     has = evidence_mask(labelled_probs)
     out = {}
     for a, agent in enumerate(agents):
         h = has[a]
         out[agent] = {
             "temperature": float(np.mean([c.temperatures[a] for c in calibrations])),
+            "prior_weights": (np.mean([c.priors[a] for c in calibrations], axis=0).round(6).tolist()
+                              if calibrations and calibrations[0].priors is not None else None),
             "oof_waf": float(score(labels[h], labelled_probs[a, h].argmax(axis=1)).waf) if h.any() else 0.0,
+            "oof_waf_prior": float(score(labels[h], corrected[a, h].argmax(axis=1)).waf) if h.any() else 0.0,
             "ece_before": expected_calibration_error(labelled_probs[a], labels),
             "ece_after_cross_fitted": expected_calibration_error(calibrated[a], labels),
         }

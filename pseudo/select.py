@@ -58,6 +58,10 @@ class FilterConfig:
     combine: Literal["product", "mean"] = "product"
     # temperature-scale each agent first (temperatures fitted on the labelled clips' out-of-fold probabilities)
     calibrate: bool = True
+    # correct each agent's label prior before anything else (pseudo.calibration.fit_prior, fitted per fold on the
+    # other folds' labelled clips): a zero-shot LLM's favourite label stops winning every clip; an agent trained on
+    # the labels is left nearly as it is
+    prior: bool = True
     # agents count "equal"ly, or in proportion to their out-of-fold "waf" on the labelled clips
     weighting: Literal["equal", "waf"] = "equal"
     # an agent agrees when the combined label is within its top_k labels

@@ -187,10 +187,12 @@ def agents_section(run: RunData, out: Path) -> str:
         how = agent.meta.get("labelled_scores", "?")
         rows.append([esc(agent.name), esc(f"{kind} ({agent.meta.get('modality') or agent.meta.get('view') or '-'})"),
                      esc(how), f'<span data-count="agent-waf-{esc(agent.name)}">{number(waf)}</span>',
+                     number(stored.get("oof_waf_prior")),
                      *[number(f1.get(label)) for label in LABELS], str(int(has.sum())),
                      number(stored.get("ece_before")), number(stored.get("ece_after_cross_fitted")),
                      number(stored.get("temperature"), 2)])
-        csv_rows.append([agent.name, kind, how, waf, *[f1.get(label, "") for label in LABELS], int(has.sum())])
+        csv_rows.append([agent.name, kind, how, waf, stored.get("oof_waf_prior", ""),
+                         *[f1.get(label, "") for label in LABELS], int(has.sum())])
         if after is not None and has.any():
             path = out / "img" / f"reliability-{a}.png"
             plots.reliability_png(agent.labelled, after[a], labels, path, title=f"{agent.name}: labelled clips")
@@ -200,14 +202,16 @@ def agents_section(run: RunData, out: Path) -> str:
             path = out / "img" / f"mass-{a}.png"
             plots.mass_png(agent.mass, path, title=f"{agent.name}: label mass, all clips")
             figures.append(figure(f"img/{path.name}", f"{agent.name}: label-mass histogram", width=380))
-    write_csv(out / "csv" / "agents.csv", ["agent", "kind", "labelled_scores", "oof_waf",
+    write_csv(out / "csv" / "agents.csv", ["agent", "kind", "labelled_scores", "oof_waf", "oof_waf_prior",
                                            *[f"f1_{label}" for label in LABELS], "labelled_with_evidence"], csv_rows)
     no_mass = [a.name for a in run.agents if a.mass is None]
     body = ('<p class="lead">Scores on the labelled clips, each scored by a model that never saw its label (out of '
-            'fold); WAF from filters.json where distill wrote it. ECE: expected calibration error before and after '
-            'the cross-fitted temperatures.</p>'
-            + table_html(["agent", "kind", "labelled scores", "OOF WAF", *[f"F1 {label}" for label in LABELS],
-                          "clips", "ECE before", "ECE after", "T"], rows, numeric_from=3)
+            'fold); WAF from filters.json where distill wrote it; "after prior": its label prior corrected with '
+            'weights fitted on the other folds, as the filter sees it. ECE: expected calibration error before and '
+            'after the cross-fitted calibration (prior, then temperature).</p>'
+            + table_html(["agent", "kind", "labelled scores", "OOF WAF", "after prior",
+                          *[f"F1 {label}" for label in LABELS], "clips", "ECE before", "ECE after", "T"], rows,
+                         numeric_from=3)
             + '<div class="figs">' + "".join(figures) + "</div>")
     if not figures:
         body += absent("reliability diagrams (no labelled clips with folds)")

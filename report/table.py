@@ -26,6 +26,7 @@ import numpy as np
 from clips.config import from_dict
 from clips.io import atomic_write_text
 from clips.labels import LABELS, NUM_LABELS
+from pseudo.calibration import apply_priors
 from pseudo.filters import agreement_mask, evidence_mask
 from pseudo.select import FilterConfig, combine_agents, min_agents
 from report.gather import RunData
@@ -73,14 +74,17 @@ def _filter_config(run: RunData) -> tuple[FilterConfig | None, str]:
         return None, f"the filter's default settings ({err})"
 
 
-def _calibration(run: RunData) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(agents,) mean temperatures and out-of-fold WAFs from filters.json, in run.agents order; None if absent."""
+def _calibration(run: RunData) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """(agents,) mean temperatures, out-of-fold WAFs and (agents, 6) mean prior weights from filters.json, in
+    run.agents order; None if absent (the priors also when distill corrected none)."""
     summary = (run.filters or {}).get("calibration") or {}
     if not run.agents or any(a.name not in summary for a in run.agents):
-        return None, None
+        return None, None, None
     temperatures = np.array([summary[a.name].get("temperature", 1.0) for a in run.agents], dtype=np.float32)
-    scores = np.array([summary[a.name].get("oof_waf", 0.0) for a in run.agents], dtype=np.float32)
-    return temperatures, scores
+    priors = [summary[a.name].get("prior_weights") for a in run.agents]
+    key = "oof_waf_prior" if all(p is not None for p in priors) else "oof_waf"
+    scores = np.array([summary[a.name].get(key, 0.0) for a in run.agents], dtype=np.float32)
+    return temperatures, scores, (np.array(priors, dtype=np.float32) if key == "oof_waf_prior" else None)
 
 
 def _median_thresholds(run: RunData) -> np.ndarray | None:
@@ -101,10 +105,12 @@ def clip_table(run: RunData) -> ClipTable:
              else np.full((0, n, NUM_LABELS), np.nan, np.float32))              # (agents, pool, 6)
     has = evidence_mask(probs)                                                  # (agents, pool)
     count = has.sum(axis=0)
-    temperatures, scores = _calibration(run)
+    temperatures, scores, priors = _calibration(run)
     if len(probs):
         if settings.weighting == "waf" and scores is None:
             settings = FilterConfig(**{**settings.__dict__, "weighting": "equal"})
+        if settings.prior:
+            probs = apply_priors(probs, priors)
         combined = combine_agents(probs, settings, temperatures, scores)        # (pool, 6)
     else:
         combined = np.full((n, NUM_LABELS), 1.0 / NUM_LABELS, np.float32)
@@ -113,6 +119,7 @@ def clip_table(run: RunData) -> ClipTable:
     conf = np.where(count > 0, ordered[:, -1], np.nan)
     margin = np.where(count > 0, ordered[:, -1] - ordered[:, -2], np.nan)
     how = (f"{settings.combine} of {len(run.agents)} agent(s), weighting {settings.weighting}, "
+           + ("prior weights and " if priors is not None and settings.prior else "")
            + ("temperatures from filters.json" if temperatures is not None and settings.calibrate else "uncalibrated")
            + f" ({origin})")
 

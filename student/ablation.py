@@ -101,6 +101,9 @@ def run_ablation(inputs: RunInputs, evidence: AgentEvidence, chosen: FilterConfi
     soft_row, soft_results = row("+ soft targets", soft,
                                  reuse=main if chosen.soft and guarded is None else None)
     rows += [hard_row, guarded_row, soft_row]
+    if chosen.prior:
+        # the chosen filter without its first step, each agent's label prior fitted on the training folds
+        rows.append(row("+ pseudo, chosen filter without the label prior", replace(hard, prior=False))[0])
     # noisy student: each seed's round-1 student (hard or soft as chosen) becomes one more agent for its round 2
     round1 = soft_results if chosen.soft else hard_results
     wafs, hidden, kept, points = [], [], [], []

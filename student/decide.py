@@ -81,7 +81,7 @@ def fold_evidence(evidence: AgentEvidence, cfg: FilterConfig, k: int) -> CrossFi
     inner = np.searchsorted(others, evidence.fold_of[train])               # folds renumbered 0 .. K-2
     labelled, y = evidence.labelled[:, train], evidence.y[train]
     return cross_fit(labelled, y, inner, evidence.pool[:, :, others], evidence.pool_names, cfg,
-                     fold_calibrations(labelled, y, inner))
+                     fold_calibrations(labelled, y, inner, prior=cfg.prior))
 
 
 def decide(inputs: RunInputs, evidence: AgentEvidence, cfg: FilterConfig, fit: CrossFit,

@@ -31,6 +31,7 @@ from clips.labels import LABELS
 from clips.run import RunPaths
 from clips.scoring import Scores
 from features.stage import RunConfig
+from pseudo.calibration import apply_priors
 from pseudo.measure import FilterPoint
 from pseudo.select import FilterConfig, combine_agents, why_none_kept, write_pseudo_labels
 from student.ablation import AblationRow, ablation_markdown, run_ablation
@@ -131,7 +132,8 @@ def distill(cfg: DistillConfig) -> DistillReport:
         write_pseudo_labels(pseudo, evidence.names, evidence.pool, RunPaths(cfg.run).pseudo / "pseudo-labels.csv")
         kept = kept_counts(pseudo)
         if not any(len(p.index) for p in fit.pseudo):
-            first, cal = evidence.pool[:, :, 0], evidence.calibrations[0]
+            cal = evidence.calibrations[0]
+            first = apply_priors(evidence.pool[:, :, 0], cal.priors)
             why_none = why_none_kept(first, combine_agents(first, cfg.filter, cal.temperatures, cal.agent_scores),
                                      cfg.filter)
             log.warning("distill: the filter kept no pseudo-label (fold 0: %s)", why_none)

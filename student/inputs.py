@@ -66,13 +66,23 @@ class AgentEvidence:
     # cross-fits already computed on these agents, by the filter's repr: distill, the filter report and the
     # ablation ask for the chosen filter and the fixed baseline more than once
     fits: dict[str, CrossFit] = field(default_factory=dict)
+    # calibrations fitted the other way (with or without the label prior) for a filter that asks for it
+    other: list[Calibration] | None = None
+
+    def calibrations_for(self, prior: bool) -> list[Calibration]:
+        """The per-fold calibrations with (`prior`) or without the label-prior step."""
+        if (self.calibrations[0].priors is not None) == prior:
+            return self.calibrations
+        if self.other is None:
+            self.other = fold_calibrations(self.labelled, self.y, self.fold_of, prior=prior)
+        return self.other
 
     def fit(self, cfg: FilterConfig) -> CrossFit:
         """The filter `cfg` cross-fitted on these agents (computed once per filter)."""
         key = repr(cfg)
         if key not in self.fits:
             self.fits[key] = cross_fit(self.labelled, self.y, self.fold_of, self.pool, self.pool_names, cfg,
-                                       self.calibrations)
+                                       self.calibrations_for(cfg.prior))
         return self.fits[key]
 
 
@@ -161,5 +171,5 @@ def load_agent_evidence(cfg: RunConfig, inputs: RunInputs, agents: list[str] | N
         log.info("%d agent(s): min_agents lowered from %d to %d (the agreement of one agent is trivial)",
                  len(names), filter_cfg.min_agents, min_agents(labelled, filter_cfg))
     return AgentEvidence(names=names, labelled=labelled, pool=pool,
-                         calibrations=fold_calibrations(labelled, inputs.y, inputs.fold_of),
+                         calibrations=fold_calibrations(labelled, inputs.y, inputs.fold_of, prior=filter_cfg.prior),
                          y=inputs.y, fold_of=inputs.fold_of, pool_names=inputs.pool)

@@ -69,5 +69,6 @@ def student_as_agent(result: StudentResult, inputs: RunInputs, evidence: AgentEv
     labelled = np.concatenate([evidence.labelled, result.oof_probs[None]])
     return AgentEvidence(names=[*evidence.names, "student"], labelled=labelled,
                          pool=np.concatenate([evidence.pool, fold_pool[None]]),
-                         calibrations=fold_calibrations(labelled, inputs.y, inputs.fold_of),
+                         calibrations=fold_calibrations(labelled, inputs.y, inputs.fold_of,
+                                                        prior=evidence.calibrations[0].priors is not None),
                          y=inputs.y, fold_of=inputs.fold_of, pool_names=inputs.pool)

@@ -211,13 +211,16 @@ def test_the_measured_filter_is_the_applied_filter():
             pool = np.full((2, len(held), 5, 6), np.nan, dtype=np.float32)
             pool[:, :, k] = probs[:, held]
             fit = cross_fit(probs, labels, fold_of, pool, [f"c{i}" for i in held], cfg, calibrations)
+            from pseudo.calibration import apply_priors
             from pseudo.select import combine_agents, gate_mask
 
             cal = calibrations[k]
-            combined = combine_agents(probs[:, held], cfg, cal.temperatures, cal.agent_scores)
+            corrected = apply_priors(probs[:, held], cal.priors)          # the filter sees prior-corrected scores
+            combined = combine_agents(corrected, cfg, cal.temperatures, cal.agent_scores)
             applied = fit.thresholds[k][combined.argmax(1)]
-            on_held = gate_mask(probs[:, held], combined, cfg) & (combined.max(1) >= applied)
+            on_held = gate_mask(corrected, combined, cfg) & (combined.max(1) >= applied)
             assert np.flatnonzero(on_held).tolist() == fit.pseudo[k].index.tolist(), (cfg, k)
+            assert on_held.tolist() == fit.held_kept[held].tolist(), (cfg, k)
 
 
 def test_fold_k_pseudo_labels_read_only_the_fold_k_agent_models():

@@ -301,6 +301,7 @@ def test_ablation_rows_are_mean_and_sd_over_student_seeds(shuffled, tmp_path: Pa
                                    hidden_labels=data / "hidden-labels.csv", out=tmp_path / "s", progress=False))
     assert [r.variant for r in report.ablation] == ["labelled only", "+ pseudo, fixed 0.95",
                                                     "+ pseudo, chosen filter", "+ do no harm", "+ soft targets",
+                                                    "+ pseudo, chosen filter without the label prior",
                                                     "+ round 2 (student as agent)"]
     for row in report.ablation:
         assert len(row.wafs) == 2 and len(row.hidden_wafs) == 2
@@ -309,7 +310,7 @@ def test_ablation_rows_are_mean_and_sd_over_student_seeds(shuffled, tmp_path: Pa
     assert report.ablation[3].wafs[0] == report.scores.waf and report.ablation[3].hidden_wafs[0] == report.hidden.waf
     assert report.ablation[3].kept == sum(report.kept.values())
     table = ablation_markdown(report.ablation)
-    assert "5-fold WAF (2 seeds)" in table and table.count(" +- ") == 12
+    assert "5-fold WAF (2 seeds)" in table and table.count(" +- ") == 14
     saved = json.loads((tmp_path / "s" / "ablation.json").read_text())
     assert saved["rows"][0]["waf"] == pytest.approx(np.mean(report.ablation[0].wafs))
 

@@ -18,7 +18,10 @@ from click.testing import CliRunner
 from cli import main
 from clips.dataset import load_corpus
 from clips.folds import read_folds
+from clips.labels import label_index
 from clips.run import RunPaths
+from clips.scoring import score
+from pseudo.calibration import apply_prior, fit_prior
 from teacher.agents import build_agent
 from teacher.provenance import names_hash, read_provenance
 from teacher.spec import AgentContext, AgentSpec
@@ -140,6 +143,19 @@ def test_the_chain_labels_every_clip_out_of_fold_and_submits_every_candidate(cha
     with open(RunPaths(run).pseudo / "pseudo-labels.csv", encoding="utf-8") as handle:
         header = next(csv.reader(handle))
     assert {f"{agent}_p" for agent in TEACHERS} <= set(header)  # the pseudo-labels' evidence is the LLM agents'
+    # the filter corrected each agent's label prior with weights fitted on the other fold's labelled clips
+    calibration = json.loads((RunPaths(run).pseudo / "filters.json").read_text())["calibration"]
+    truth = {r.name: label_index(r.label) for r in corpus.labelled}
+    for agent in TEACHERS:
+        names, probs = store.read(agent)
+        fold_of = folds.of(names)
+        rows = np.flatnonzero(fold_of >= 0)
+        y, fold_of, probs = np.array([truth[names[i]] for i in rows]), fold_of[rows], probs[rows]
+        weights = [fit_prior(probs[fold_of != k], y[fold_of != k]) for k in range(FOLDS)]
+        np.testing.assert_allclose(calibration[agent]["prior_weights"], np.mean(weights, axis=0), rtol=1e-4)
+        corrected = np.concatenate([apply_prior(probs[fold_of == k], weights[k]) for k in range(FOLDS)])
+        truth_k = np.concatenate([y[fold_of == k] for k in range(FOLDS)])
+        assert calibration[agent]["oof_waf_prior"] == pytest.approx(score(truth_k, corrected.argmax(1)).waf)
     with open(RunPaths(run).submission, encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert sorted(r["name"] for r in rows) == sorted(r.name for r in corpus.unlabelled)

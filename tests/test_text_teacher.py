@@ -13,7 +13,7 @@ from clips.dataset import ClipRef
 from clips.folds import FoldAssignment, assign_folds
 from clips.labels import LABELS
 from features.cache import FeatureSet
-from llm.calibration import CONTENT_FREE, fold_prior_correct, prior_correct
+from llm.calibration import CONTENT_FREE, prior_correct
 from llm.incontext import examples_block
 from teacher.agents import build_agent
 from teacher.incontext import InContextLLMAgent, eligible_examples, nearest
@@ -68,26 +68,6 @@ def test_prior_correct_by_hand() -> None:
     # with a target prior: probs * target / prior
     target = np.array([0.3, 0.3, 0.1, 0.1, 0.1, 0.1])
     np.testing.assert_allclose(prior_correct(prior[None], prior, target)[0], target, rtol=1e-6)
-
-
-def test_fold_prior_sees_only_the_training_folds() -> None:
-    rng = np.random.default_rng(1)
-    probs = rng.dirichlet(np.ones(6), size=12)
-    fold_of = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, -1, -1, -1])
-    labels = np.array([0, 1, 2, 3, 4, 5, 0, 0, 1, 0, 0, 0])
-    out = fold_prior_correct(probs, fold_of, labels)
-    train = (fold_of >= 0) & (fold_of != 0)
-    target = np.bincount(labels[train], minlength=6) / train.sum()
-    np.testing.assert_allclose(out[:3], prior_correct(probs[:3], probs[train].mean(0), target), rtol=1e-6)
-    pool_target = np.bincount(labels[:9], minlength=6) / 9
-    np.testing.assert_allclose(out[9:], prior_correct(probs[9:], probs[:9].mean(0), pool_target), rtol=1e-6)
-    # fold 0's own labels and scores never reach fold 0's correction
-    changed_labels, changed_probs = labels.copy(), probs.copy()
-    changed_labels[:3], changed_probs[:3] = 5, rng.dirichlet(np.ones(6), size=3)
-    again = fold_prior_correct(changed_probs, fold_of, changed_labels)
-    np.testing.assert_allclose(again[:3], prior_correct(changed_probs[:3], probs[train].mean(0), target),
-                               rtol=1e-6)
-    assert not np.allclose(again[3:6], out[3:6])
 
 
 def test_content_free_calibration_divides_by_the_content_free_mean(tiny_text: Path) -> None:
