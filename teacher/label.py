@@ -358,8 +358,7 @@ def _store_fold_scores(cfg: TeacherLabelConfig, agent: str, store: AgentStore, f
     fold_probs = np.full((len(todo), folds.folds, NUM_LABELS), np.nan, dtype=np.float32)
     fold_mass = np.full((len(todo), folds.folds), np.nan, dtype=np.float32)
     for k in range(folds.folds):
-        names, probs = fold_stores.read(f"fold_{k}")
-        mass = fold_stores.read_mass(f"fold_{k}")[1]
+        names, probs, mass = fold_stores.read_with_mass(f"fold_{k}")
         mine = [(row[n], i) for i, n in enumerate(names) if n in row]
         fold_probs[[r for r, _ in mine], k] = probs[[i for _, i in mine]]
         fold_mass[[r for r, _ in mine], k] = mass[[i for _, i in mine]]

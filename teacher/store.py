@@ -84,17 +84,26 @@ class AgentStore:
 
     def read(self, agent: str) -> tuple[list[str], np.ndarray]:
         """All stored (names, probs (n, 6)) of `agent`, first occurrence of a name kept."""
+        names, probs, _ = self.read_with_mass(agent)
+        return names, probs
+
+    def read_with_mass(self, agent: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """All stored (names, probs (n, 6), label mass (n,)) of `agent` in one pass over its shards, first
+        occurrence of a name kept; the mass is NaN for shards without it."""
         names: list[str] = []
         blocks: list[np.ndarray] = []
+        masses: list[np.ndarray] = []
         for shard, data, keep, kept in self._first_rows(agent):
             probs = data["probs"].astype(np.float32)
             if probs.shape != (len(data["names"]), NUM_LABELS):
                 raise ValueError(f"{shard}: probs of shape {probs.shape} for {len(data['names'])} names; "
                                  "delete the shard and rerun teacher-label")
+            mass = data["mass"].astype(np.float32) if "mass" in data else np.full(len(probs), np.nan, np.float32)
             names.extend(kept)
             blocks.append(probs[keep])
+            masses.append(mass[keep])
         probs = np.concatenate(blocks) if blocks else np.zeros((0, NUM_LABELS), np.float32)
-        return names, probs
+        return names, probs, np.concatenate(masses) if masses else np.zeros(0, np.float32)
 
     def read_folds(self, agent: str) -> tuple[list[str], np.ndarray] | None:
         """All stored (names, fold_probs (n, K, 6)) of `agent`, first occurrence of a name kept; None when its
@@ -143,14 +152,8 @@ class AgentStore:
 
     def read_mass(self, agent: str) -> tuple[list[str], np.ndarray]:
         """All stored (names, (n,) label mass) of `agent`, first occurrence kept; NaN for shards without mass."""
-        names: list[str] = []
-        blocks: list[np.ndarray] = []
-        for _, data, keep, kept in self._first_rows(agent):
-            mass = data["mass"].astype(np.float32) if "mass" in data else np.full(len(data["names"]), np.nan,
-                                                                                   np.float32)
-            names.extend(kept)
-            blocks.append(mass[keep])
-        return names, np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+        names, _, mass = self.read_with_mass(agent)
+        return names, mass
 
     def matrix(self, agents: list[str], names: list[str]) -> np.ndarray:
         """(agents, clips, 6) probabilities aligned with `names`; NaN where an agent has no row for a clip."""

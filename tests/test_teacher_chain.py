@@ -139,7 +139,13 @@ def test_the_chain_labels_every_clip_out_of_fold_and_submits_every_candidate(cha
         expected = np.where((fold_of >= 0)[:, None], own, fold_probs.mean(1))
         np.testing.assert_allclose(probs, expected, atol=1e-6)
     report = json.loads((RunPaths(run).student / "report.json").read_text())
-    assert 0.0 <= report["waf"] <= 1.0 and report["labelled"] == len(corpus.labelled)
+    assert report["labelled"] == len(corpus.labelled)
+    # the student's reported WAF is that of its stored out-of-fold predictions of the labelled clips
+    from safetensors.numpy import load_file
+
+    oof = load_file(str(RunPaths(run).student / "oof.safetensors"))["oof_probs"]
+    y = np.array([label_index(r.label) for r in corpus.labelled])
+    assert oof.shape == (len(y), 6) and report["waf"] == pytest.approx(score(y, oof.argmax(1)).waf)
     with open(RunPaths(run).pseudo / "pseudo-labels.csv", encoding="utf-8") as handle:
         header = next(csv.reader(handle))
     assert {f"{agent}_p" for agent in TEACHERS} <= set(header)  # the pseudo-labels' evidence is the LLM agents'
