@@ -64,7 +64,6 @@ def main() -> None:
 
             model = str(save_tiny("qwen2_5_text", Path(tmp) / "tiny", qwen2_tokenizer()))
         adapters = make_adapters(model, family, args.folds, Path(tmp))
-        torch.set_num_threads(max(1, torch.get_num_threads()))
 
         def requests(processor):
             settings = RequestSettings(view="text", language="zh", transcript=True)

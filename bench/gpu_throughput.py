@@ -8,8 +8,8 @@ on CUDA), which costs the same arithmetic as the trained ones, so the timings ho
 scores mean nothing. The transformers backend scores `clips` demo-style transcripts (the text agent's prompt,
 first-token scoring) under K LoRA adapters held by one model, as teacher-label's fold scoring does, at each batch
 size; the clips/s printed count (clip, adapter) scores. The 115,595-clip pool then takes pool x K scores, plus the
-5,030 labelled clips once. It also checks, on the device, that switching adapters gives the scores of a model that
-holds one adapter only.
+5,030 labelled clips once. It also checks, on the device, that a batch of requests for mixed adapters scores each
+request as it scores alone, and that the adapters really differ (another adapter per request moves the scores).
 """
 
 from __future__ import annotations
@@ -82,11 +82,15 @@ def main() -> None:
           f"{params / 1e9:.2f} B parameters ({folder.name}, random weights); {args.folds} adapters; "
           f"{args.clips} transcripts of ~{np.mean([len(r.prompt) for r in requests]):.0f} prompt characters")
 
-    # the adapters switched per request give the one-adapter model's scores
+    # a mixed batch scores each request as it scores alone, and another adapter per request moves the scores
     scorer = HFScorer(net, processor, family, plan, batch_size=16)
     mixed = scorer.scores(requests[:16], adapter_ids=[i % args.folds for i in range(16)])[0]
     alone = np.stack([scorer.scores([r], adapter_ids=[i % args.folds])[0][0] for i, r in enumerate(requests[:16])])
-    print(f"adapter switching: max |p(mixed batch) - p(one request at a time)| = {np.abs(mixed - alone).max():.2e}")
+    shifted = scorer.scores(requests[:16], adapter_ids=[(i + 1) % args.folds for i in range(16)])[0]
+    print(f"adapter switching: max |p(mixed batch) - p(one request at a time)| = {np.abs(mixed - alone).max():.2e}; "
+          f"another adapter per request moves p by up to {np.abs(mixed - shifted).max():.2e}")
+    if args.folds > 1 and np.abs(mixed - shifted).max() <= 10 * np.abs(mixed - alone).max():
+        raise SystemExit("adapter switching: another adapter gives the same scores; the adapters are not applied")
 
     print(f"{'batch':>6}{'scores':>8}{'seconds':>9}{'scores/s':>10}{'pool x K + labelled, hours':>28}")
     for batch in (int(b) for b in args.batch_sizes.split(",")):

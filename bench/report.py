@@ -147,8 +147,8 @@ def main() -> None:
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 results.append(measure(Path(tmp), labelled, pool))
-    keys = ["pool", "build_s", "read_s", "table_s", "csv_s", "sections_s", "write_s", "page_mb", "folder_mb",
-            "open_s", "open_wall_s", "script_s", "sort_s", "filter_s", "errors"]
+    keys = ["pool", "build_s", "read_s", "table_s", "csv_s", "frames_s", "sections_s", "write_s", "page_mb",
+            "folder_mb", "open_s", "open_wall_s", "script_s", "sort_s", "filter_s", "errors"]
     print(f"{'':<14}" + "".join(f"{r['pool']:>14,}" for r in results))
     for key in keys[1:]:
         print(f"{key:<14}" + "".join(f"{r.get(key, float('nan')):>14.3f}" for r in results))

@@ -159,7 +159,7 @@ class LLMTextExtractor:
         if transcript is None or not transcript.strip():
             return missing("text")
         line = transcript.strip()
-        vector = self._ready.pop(line, None)
+        vector = self._ready.get(line)          # two clips of one chunk with the same line share its vector
         if vector is None:
             vector = self.embed([line])[0]
         return FeatureResult(finite_vector(vector, self.dim))
@@ -173,23 +173,21 @@ class LLMTextExtractor:
     def embed(self, lines: Sequence[str]) -> np.ndarray:
         """(len(lines), dim) float32 vectors of non-blank lines, batch_size lines per forward pass (lines of similar
         length batched together)."""
-        self._load()
-        order = np.argsort([len(line) for line in lines], kind="stable")
-        out = np.zeros((len(lines), self.dim), dtype=np.float32)
-        for begin in range(0, len(lines), self.batch_size):
-            rows = order[begin:begin + self.batch_size]
-            out[rows] = self._forward([lines[i] for i in rows])
-        return out
+        return self._batched(lines, (self.dim,))
 
     def hidden_layers(self, lines: Sequence[str]) -> np.ndarray:
         """(len(lines), layers, dim) pooled states of every decoder layer up to the pooled one (for comparing
         layers in one pass; bench/llm_text.py)."""
+        return self._batched(lines, (self.layer, self.dim), all_layers=True)
+
+    def _batched(self, lines: Sequence[str], shape: tuple[int, ...], all_layers: bool = False) -> np.ndarray:
+        """(len(lines), *shape) of _forward over batch_size lines at a time, lines of similar length together."""
         self._load()
         order = np.argsort([len(line) for line in lines], kind="stable")
-        out = np.zeros((len(lines), self.layer, self.dim), dtype=np.float32)
+        out = np.zeros((len(lines), *shape), dtype=np.float32)
         for begin in range(0, len(lines), self.batch_size):
             rows = order[begin:begin + self.batch_size]
-            out[rows] = self._forward([lines[i] for i in rows], all_layers=True)
+            out[rows] = self._forward([lines[i] for i in rows], all_layers=all_layers)
         return out
 
     def resolved_dtype(self, device: Any = None) -> str:

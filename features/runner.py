@@ -158,29 +158,32 @@ class ClipWorker:
     def process_chunk(self, refs: Sequence[ClipRef]) -> list[ClipOutcome]:
         """process() each of `refs`, after handing the transcripts of the clips each batched extractor (one with a
         `prepare(transcripts)` method, e.g. llm_text) has still to do to it in one call, so that it runs them in
-        padded batches rather than one forward pass per clip."""
-        for extractor, key in zip(self.extractors, self.keys, strict=True):
+        padded batches rather than one forward pass per clip. Each clip's cache files are read once, here."""
+        entries = [self._entries(ref) for ref in refs]
+        for i, extractor in enumerate(self.extractors):
             prepare = getattr(extractor, "prepare", None)
             if prepare is None:
                 continue
-            pending = []
-            for ref in refs:
-                entry = read_entry(clip_path(self.cache_root, key, check_name(ref.name)), extractor.dim)
-                if entry is None or entry.error:
-                    pending.append(ref.transcript)
             try:
-                prepare(pending)
+                prepare([ref.transcript for ref, cached in zip(refs, entries, strict=True) if cached[i] is None])
             except Exception:  # each clip's extract() then runs alone and records its own error
                 continue
-        return [self.process(ref) for ref in refs]
+        return [self.process(ref, cached) for ref, cached in zip(refs, entries, strict=True)]
 
-    def process(self, ref: ClipRef) -> ClipOutcome:
-        """Skip `ref` when every cache file validates, else decode once and run the pending extractors."""
+    def _entries(self, ref: ClipRef) -> list:
+        """The valid cache entry of `ref` per extractor, None where it is missing or its extractor raised (an
+        error is retried: the failure may have been transient or fixed since)."""
+        name = check_name(ref.name)
+        entries = [read_entry(clip_path(self.cache_root, key, name), e.dim)
+                   for key, e in zip(self.keys, self.extractors, strict=True)]
+        return [entry if entry is not None and not entry.error else None for entry in entries]
+
+    def process(self, ref: ClipRef, entries: list | None = None) -> ClipOutcome:
+        """Skip `ref` when every cache file validates, else decode once and run the pending extractors (`entries`:
+        what _entries read already)."""
         name = check_name(ref.name)
         paths = [clip_path(self.cache_root, key, name) for key in self.keys]
-        entries = [read_entry(path, e.dim) for path, e in zip(paths, self.extractors, strict=True)]
-        # an entry whose extractor raised is retried: the failure may have been transient or fixed since
-        entries = [entry if entry is not None and not entry.error else None for entry in entries]
+        entries = self._entries(ref) if entries is None else entries
         todo = [e for e, entry in zip(self.extractors, entries, strict=True) if entry is None]
         if not todo:
             flags = [
@@ -317,8 +320,10 @@ def _outcomes(
     """Outcomes in completion order, in this process (workers=1) or a pool of spawned processes."""
     if not refs:
         return
-    # chunks of clips: batched extractors (llm_text) run a chunk's transcripts in padded batches
-    size = max(1, min(CHUNK_CLIPS, len(refs) // workers))
+    # chunks of clips: batched extractors (llm_text) run a chunk's transcripts in padded batches, so a chunk holds
+    # at least one batch of the largest batch_size asked for
+    chunk = max([CHUNK_CLIPS, *(int(o.get("batch_size", 0)) for o in options.values())])
+    size = max(1, min(chunk, len(refs) // workers))
     chunks = [refs[begin:begin + size] for begin in range(0, len(refs), size)]
     if workers <= 1:
         worker = ClipWorker(_build_all(names, options, num_frames), cache_root, num_frames)

@@ -47,14 +47,25 @@ def content_free_requests(family: Family, processor, settings: RequestSettings,
     return [r for r in requests if r is not None]
 
 
+def prior_weights(prior: np.ndarray, target: np.ndarray | None = None) -> np.ndarray:
+    """target / prior per label (target: uniform when None), the prior floored at PRIOR_FLOOR."""
+    prior = np.maximum(np.asarray(prior, dtype=np.float64), PRIOR_FLOOR)
+    return (np.ones_like(prior) if target is None else np.asarray(target, dtype=np.float64)) / prior
+
+
+def reweight(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """probs * weights renormalised over the last axis (float32); NaN rows stay NaN, a row whose weighted mass is 0
+    (every label it gives weighted 0) stays as it was."""
+    probs = np.asarray(probs, dtype=np.float64)
+    scaled = probs * weights
+    total = scaled.sum(axis=-1, keepdims=True)
+    return np.where(total > 0, scaled / np.where(total > 0, total, 1.0), probs).astype(np.float32)
+
+
 def prior_correct(probs: np.ndarray, prior: np.ndarray, target: np.ndarray | None = None) -> np.ndarray:
     """(n, 6) probabilities -> probs * target / prior, renormalised per row (target: uniform when None).
 
     `prior` is (6,) or (n, 6) (one per row); NaN rows stay NaN.
     """
-    probs = np.asarray(probs, dtype=np.float64)
-    prior = np.maximum(np.asarray(prior, dtype=np.float64), PRIOR_FLOOR)
-    weights = (np.ones_like(prior) if target is None else np.asarray(target, dtype=np.float64)) / prior
-    scaled = probs * weights
-    return (scaled / scaled.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return reweight(probs, prior_weights(prior, target))
 

@@ -244,8 +244,8 @@ def default_adapter_ids(n: int, adapters: Sequence[str]) -> list[int | None]:
     Raises ValueError for a scorer of several adapters: each request must then name its own.
     """
     if len(adapters) > 1:
-        raise ValueError(f"the scorer serves {len(adapters)} adapters; give adapter_ids (one index, or None for the "
-                         "base model, per request)")
+        raise ValueError(f"this scorer serves {len(adapters)} adapters: give adapter_ids (an index into `adapters`, "
+                         "or None for the base model, per request)")
     return [0 if adapters else None] * n
 
 

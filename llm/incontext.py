@@ -13,11 +13,10 @@ business (teacher.incontext picks them out of fold).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
-from llm.families import VIEW_MEDIA, Family
-from llm.prompts import build_prompt, prompt_set
+from llm.families import Family
+from llm.prompts import prompt_set
 from llm.requests import ClipMedia, Request, RequestSettings, build_request
 
 # the line that introduces the examples, per prompt language
@@ -36,13 +35,5 @@ def incontext_request(family: Family, processor, media: ClipMedia, settings: Req
                       examples: Sequence[tuple[str, int]]) -> Request | None:
     """The classification Request of `media` with `examples` above the question (build_request's without them);
     None when the clip lacks the view's media."""
-    base = build_request(family, processor, media, settings)
-    if base is None or not examples:
-        return base
-    show = settings.transcript or settings.view == "text"
-    text = examples_block(settings.language, examples) + build_prompt(settings.language, settings.view,
-                                                                       media.transcript if show else None)
-    wants_audio, wants_video = VIEW_MEDIA[settings.view]
-    conversation = family.conversation(text, audio=wants_audio, video=wants_video)
-    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-    return dataclasses.replace(base, prompt=prompt)
+    return build_request(family, processor, media, settings,
+                         preamble=examples_block(settings.language, examples) if examples else "")

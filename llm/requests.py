@@ -62,11 +62,12 @@ class Request:
 
 
 def build_request(family: Family, processor, media: ClipMedia, settings: RequestSettings,
-                  question: str | None = None) -> Request | None:
+                  question: str | None = None, preamble: str = "") -> Request | None:
     """The Request of `media` for `family`, or None when the view's media (or the transcript for "text") is missing.
 
-    `question` replaces the classification prompt (free-text use: `ask`). `processor` is the family's HF processor
-    or, for text models, the tokenizer: only its chat template is used.
+    `question` replaces the classification prompt (free-text use: `ask`); `preamble` goes above it (in-context
+    examples, llm.incontext). `processor` is the family's HF processor or, for text models, the tokenizer: only its
+    chat template is used.
     """
     wants_audio, wants_video = VIEW_MEDIA[settings.view]
     if (wants_audio and media.audio is None) or (wants_video and media.frames is None):
@@ -79,7 +80,7 @@ def build_request(family: Family, processor, media: ClipMedia, settings: Request
         text = build_prompt(settings.language, settings.view, transcript)
     else:
         text = f"{transcript}\n{question}" if transcript else question
-    conversation = family.conversation(text, audio=wants_audio, video=wants_video)
+    conversation = family.conversation(preamble + text, audio=wants_audio, video=wants_video)
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     return Request(name=media.name, prompt=prompt, audio=media.audio if wants_audio else None,
                    video=even_frames(media.frames) if wants_video else None,

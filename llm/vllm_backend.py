@@ -295,11 +295,10 @@ class VLLMScorer:
 
     def lora_requests(self, count: int, adapter_ids: Sequence[int | None] | None) -> list[Any]:
         """One LoRARequest (or None: the base model) per request; see `scores` for `adapter_ids`."""
+        from llm.hf_backend import default_adapter_ids
+
         if adapter_ids is None:
-            if len(self.adapters) > 1:
-                raise ValueError(f"this scorer serves {len(self.adapters)} adapters: give adapter_ids (an index "
-                                 "into `adapters`, or None for the base model, per request)")
-            return [self.loras[0] if self.loras else None] * count
+            adapter_ids = default_adapter_ids(count, self.adapters)
         if len(adapter_ids) != count:
             raise ValueError(f"{len(adapter_ids)} adapter_ids for {count} requests: give one per request")
         bad = sorted({a for a in adapter_ids if a is not None and not 0 <= a < len(self.adapters)})

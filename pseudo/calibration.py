@@ -26,29 +26,28 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from llm.calibration import prior_weights, reweight
+
 EPS = 1e-6
 # T is searched in [1/20, 20] on a log scale: wider than any agent needs, narrow enough to stay finite
 T_BOUNDS = (0.05, 20.0)
-# floor on an agent's mean probability of a label: a label it never says is not divided by zero
-PRIOR_FLOOR = 1e-4
 
 
 def fit_prior(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(6,) prior weights of one agent: the frequency of each label in `labels` (clips,) over the agent's mean
-    probability of it in `probs` (clips, 6), on the rows with evidence. Ones when no row has evidence."""
+    probability of it in `probs` (clips, 6), on the rows with evidence (llm.calibration.prior_weights, the mean
+    floored). Ones when no row has evidence."""
     has = ~np.isnan(probs).any(axis=-1)
     if not has.any():
         return np.ones(probs.shape[-1], dtype=np.float32)
     frequency = np.bincount(labels[has], minlength=probs.shape[-1]) / has.sum()
-    return (frequency / np.maximum(probs[has].mean(axis=0), PRIOR_FLOOR)).astype(np.float32)
+    return prior_weights(probs[has].mean(axis=0), frequency).astype(np.float32)
 
 
 def apply_prior(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """probs * weights renormalised over the last axis; NaN rows stay NaN. A label that no clip carries
-    (weight 0) is never predicted; a row whose weighted mass is 0 stays as it was."""
-    scaled = probs * weights
-    total = scaled.sum(axis=-1, keepdims=True)
-    return np.where(total > 0, scaled / np.where(total > 0, total, 1.0), probs).astype(np.float32)
+    """probs * weights renormalised over the last axis (llm.calibration.reweight); NaN rows stay NaN. A label
+    that no clip carries (weight 0) is never predicted; a row whose weighted mass is 0 stays as it was."""
+    return reweight(probs, weights)
 
 
 def fit_priors(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:

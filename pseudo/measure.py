@@ -83,8 +83,8 @@ class CrossFit:
     # per fold: the per-class thresholds the filter amounted to on the pool
     thresholds: list[np.ndarray]
     # (clips,) per labelled clip, held out with its fold: whether the filter kept it, and its pseudo-label
-    held_kept: np.ndarray | None = None
-    held_label: np.ndarray | None = None
+    held_kept: np.ndarray
+    held_label: np.ndarray
 
 
 def fold_calibrations(labelled_probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarray,
@@ -164,7 +164,13 @@ def cross_fit(labelled_probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarra
 
     `labelled_probs` (agents, clips, 6) out of fold, `labels` (clips,), `fold_of` (clips,), `pool_probs`
     (agents, pool, K, 6) the agents' fold-model probabilities of the pool, `calibrations` from fold_calibrations.
+
+    Raises ValueError when the calibrations were fitted with the label prior and `cfg.prior` is off, or the reverse.
     """
+    if calibrations and (calibrations[0].priors is not None) != cfg.prior:
+        raise ValueError(f"filter prior={cfg.prior} but the calibrations were fitted "
+                         f"{'with' if calibrations[0].priors is not None else 'without'} the label prior; "
+                         f"fit them with fold_calibrations(..., prior={cfg.prior})")
     kept = np.zeros(len(labels), dtype=bool)
     predicted = np.zeros(len(labels), dtype=np.int64)
     pseudo, thresholds = [], []
@@ -210,8 +216,10 @@ def calibration_summary(labelled_probs: np.ndarray, labels: np.ndarray, fold_of:
                         calibrations: list[Calibration], agents: list[str]) -> dict[str, dict[str, float]]:
     """Per agent: mean temperature and prior weights over the folds, out-of-fold WAF before and after the
     cross-fitted prior correction, ECE before and after cross-fitted calibration."""
-    calibrated = calibrated_held_out(labelled_probs, fold_of, calibrations)
     corrected = calibrated_held_out(labelled_probs, fold_of, calibrations, temperature=False)
+    calibrated = np.full_like(corrected, np.nan)
+    for k, cal in enumerate(calibrations):
+        calibrated[:, fold_of == k] = apply_temperatures(corrected[:, fold_of == k], cal.temperatures)
     has = evidence_mask(labelled_probs)
     out = {}
     for a, agent in enumerate(agents):

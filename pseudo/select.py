@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -135,12 +135,12 @@ class FilterConfig:
         if problems:
             raise ValueError("FilterConfig: " + "; ".join(problems))
 
-
     def guarded(self) -> bool:
-        """Whether the do-no-harm decision applies: `guard` when set, else whether the filter is the default one."""
+        """Whether the do-no-harm decision applies: `guard` when set, else whether the filter is the default one
+        (guard is None here, as in the default)."""
         if self.guard is not None:
             return self.guard
-        return replace(self, guard=None) == FilterConfig()
+        return self == FilterConfig()
 
 
 @dataclass

@@ -164,7 +164,7 @@ def clips_data(cfg: ReportConfig, run: RunData, table: ClipTable, disagree: list
     }
 
 
-def page_html(run: RunData, table: ClipTable, parts: list[str]) -> str:
+def page_html(run: RunData, parts: list[str]) -> str:
     """index.html: the sections with the style and the script inline; clips.js loads before the script."""
     css = (STATIC / "report.css").read_text(encoding="utf-8")
     script = (STATIC / "report.js").read_text(encoding="utf-8")
@@ -174,7 +174,7 @@ def page_html(run: RunData, table: ClipTable, parts: list[str]) -> str:
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>Run report: {sections.esc(run.run.resolve().name)}</title><style>{css}</style></head><body>"
-            + sections.header(run, table) + f"<nav>{nav}</nav><main>" + "".join(parts) + "</main>"
+            + sections.header(run) + f"<nav>{nav}</nav><main>" + "".join(parts) + "</main>"
             + '<script src="clips.js"></script>'
             + f"<script>{script}</script></body></html>\n")
 
@@ -205,14 +205,15 @@ def build_report(cfg: ReportConfig) -> ReportSummary:
     frames = step("frames", lambda: _frames(cfg, run, table, disagree, out))
     parts = step("sections", lambda: [
         sections.corpus_section(run, out), sections.agents_section(run, out), sections.filter_section(run, out),
-        sections.pseudo_section(run, table, len(disagree)), sections.student_section(run), sections.run_section(run)])
+        sections.pseudo_section(run, table, len(disagree)), sections.student_section(run),
+        sections.run_section(run, out)])
     data = clips_data(cfg, run, table, disagree, frames)
     # a JSON string parsed by JSON.parse: V8 reads a string literal far faster than the same object literal
     step("write", lambda: (
         atomic_write_text(out / "clips.js", "window.REPORT = JSON.parse("
                           + json.dumps(json.dumps(data, ensure_ascii=False, separators=(",", ":")),
                                        ensure_ascii=False) + ");\n"),
-        atomic_write_text(out / "index.html", page_html(run, table, parts))))
+        atomic_write_text(out / "index.html", page_html(run, parts))))
     files = [p for p in out.rglob("*") if p.is_file()]
     summary = ReportSummary(index=out / "index.html", bytes=sum(p.stat().st_size for p in files),
                             page_bytes=(out / "index.html").stat().st_size + (out / "clips.js").stat().st_size,

@@ -205,18 +205,23 @@ def read_run(run: Path, data: Path | None = None, hidden_labels: Path | None = N
 
     store = AgentStore(paths.agents)
     names = store.agents()
+    stored = {agent: store.read_with_mass(agent) for agent in names}      # each agent's shards read once
     labelled_set = set(out.labelled)
     if out.corpus is not None:
         out.pool = [r.name for r in out.corpus.unlabelled]
     else:
         seen: dict[str, None] = {}
-        for agent in names:
-            seen.update(dict.fromkeys(n for n in store.read(agent)[0] if n not in labelled_set))
+        for agent_names, _, _ in stored.values():
+            seen.update(dict.fromkeys(n for n in agent_names if n not in labelled_set))
         out.pool = sorted(seen) if seen else sorted(n for n in out.statuses if n not in labelled_set)
-    for agent in names:
-        everything = out.labelled + out.pool
-        probs = store.matrix([agent], everything)[0]                        # (labelled + pool, 6)
-        mass = store.mass_matrix([agent], everything)[0]                    # (labelled + pool,)
+    everything = out.labelled + out.pool
+    row = {name: i for i, name in enumerate(everything)}
+    for agent, (agent_names, agent_probs, agent_mass) in stored.items():
+        probs = np.full((len(everything), len(LABELS)), np.nan, dtype=np.float32)  # (labelled + pool, 6)
+        mass = np.full(len(everything), np.nan, dtype=np.float32)
+        mine = [(row[n], i) for i, n in enumerate(agent_names) if n in row]
+        probs[[r for r, _ in mine]] = agent_probs[[i for _, i in mine]]
+        mass[[r for r, _ in mine]] = agent_mass[[i for _, i in mine]]
         out.agents.append(AgentData(name=agent, meta=store.read_meta(agent) or {},
                                     labelled=probs[:len(out.labelled)], pool=probs[len(out.labelled):],
                                     mass=None if np.isnan(mass).all() else mass))

@@ -14,11 +14,13 @@ import html
 import importlib.metadata
 import io
 import json
+import os
 import platform
 from pathlib import Path
 
 import numpy as np
 
+from clips.dataset import read_label_csv
 from clips.io import atomic_write_text, load_npz
 from clips.labels import LABELS
 from clips.scoring import score
@@ -124,7 +126,8 @@ def why_broken(status: str) -> str:
 def corpus_section(run: RunData, out: Path) -> str:
     """Clips by status, labelled and pool, and the broken clips with why."""
     if not run.statuses:
-        return section("corpus", "Corpus", absent("features/status.csv (run `features` first)"))
+        return section("corpus", "Corpus", absent("features/status.csv (run `features` first)"),
+                       run.notes.get("corpus"))
     labelled = set(run.labelled)
     counts = {flag: [0, 0] for flag in STATUSES}
     for name, text in run.statuses.items():
@@ -160,7 +163,7 @@ def corpus_section(run: RunData, out: Path) -> str:
                  + table_html(["clip", "set", "status", "why"], broken_rows, cls="broken", numeric_from=9) + more)
     else:
         body += '<p class="lead">No broken clip: <span data-count="broken">0</span>.</p>'
-    return section("corpus", "Corpus", body)
+    return section("corpus", "Corpus", body, run.notes.get("corpus"))
 
 
 # ---------------------------------------------------------------- agents
@@ -169,12 +172,14 @@ def agents_section(run: RunData, out: Path) -> str:
     """Per agent: out-of-fold WAF and per-class F1, reliability before and after calibration, label mass; pairwise
     agreement."""
     if not run.agents:
-        return section("agents", "Agents", absent("agents/ (run `teacher-label` first)"))
+        return section("agents", "Agents", absent("agents/ (run `teacher-label` first)"), run.notes.get("agents"))
     calibration = (run.filters or {}).get("calibration") or {}
     labels = run.labels
     have_folds = len(labels) and run.folds > 1
     stacked = np.stack([a.labelled for a in run.agents])                        # (agents, labelled, 6)
-    after = (calibrated_held_out(stacked, run.fold_of, fold_calibrations(stacked, labels, run.fold_of))
+    # the calibration distill applied: with the label prior unless filters.json says it corrected none
+    prior = not calibration or any(v.get("prior_weights") is not None for v in calibration.values())
+    after = (calibrated_held_out(stacked, run.fold_of, fold_calibrations(stacked, labels, run.fold_of, prior=prior))
              if have_folds else None)
     rows, figures, csv_rows = [], [], []
     for a, agent in enumerate(run.agents):
@@ -219,7 +224,7 @@ def agents_section(run: RunData, out: Path) -> str:
         body += f'<p class="note">No label-mass histogram for {esc(", ".join(no_mass))}: feature agents store no ' \
                 "label mass (LLM agents do).</p>"
     body += "<h3>How often each pair of agents agrees</h3>" + _agreement(run)
-    return section("agents", "Agents", body)
+    return section("agents", "Agents", body, run.notes.get("agents"))
 
 
 def _agreement(run: RunData) -> str:
@@ -311,7 +316,8 @@ def _kept_per_class(run: RunData, report: dict, chosen: dict, out: Path) -> str:
 def pseudo_section(run: RunData, table: ClipTable, disagree_rows: int) -> str:
     """The sortable, filterable pool table and the clips the agents disagree on most (rows drawn by report.js)."""
     if not run.pool:
-        return section("pseudo", "Pseudo-labels", absent("pool clips (no unlabelled clips found)"))
+        return section("pseudo", "Pseudo-labels", absent("pool clips (no unlabelled clips found)"),
+                       run.notes.get("pseudo"))
     rows = run.pseudo_rows
     if rows is None:
         counts = absent("pseudo/pseudo-labels.csv (distill with pseudo-labels has not run); the table shows the "
@@ -352,7 +358,7 @@ def pseudo_section(run: RunData, table: ClipTable, disagree_rows: int) -> str:
                  "distributions.</p>" if disagree_rows else absent("disagreement (fewer than 2 agents)"))
             + f'<div class="scroll"><table class="clips" id="disagree-table">{head.replace(" data-key=", " data-k=")}'
               "</table></div>")
-    return section("pseudo", "Pseudo-labels", body)
+    return section("pseudo", "Pseudo-labels", body, run.notes.get("pseudo"))
 
 
 # ---------------------------------------------------------------- student
@@ -370,9 +376,7 @@ def _hidden_scores(run: RunData, student: StudentData):
     """The student's submission scored on the hidden labels (None without both)."""
     if run.hidden is None or student.submission is None:
         return None
-    from report.gather import read_csv_rows
-
-    predicted = {r["name"]: r["discrete"] for r in read_csv_rows(student.submission)}
+    predicted = read_label_csv(student.submission)
     names = [n for n in run.pool if n in run.hidden and n in predicted]
     if not names:
         return None
@@ -474,8 +478,9 @@ def _versions(run: RunData) -> dict[str, str]:
     return versions
 
 
-def run_section(run: RunData) -> str:
-    """The run's configs and versions, and links to the files behind every table."""
+def run_section(run: RunData, out: Path) -> str:
+    """The run's configs and versions, and links to the files behind every table (relative to the report folder
+    `out`, wherever it is)."""
     configs = []
     for student in run.students:
         config = student.report.get("config")
@@ -489,15 +494,15 @@ def run_section(run: RunData) -> str:
     if folds_json.is_file():
         configs.append(f"<details><summary>folds.json</summary><pre>{esc(folds_json.read_text())}</pre></details>")
     versions = table_html(["package", "version"], [[esc(k), esc(v)] for k, v in _versions(run).items()])
-    links = [("csv/clips.csv", "every pool clip's row of the table"), ("csv/broken.csv", "the broken clips"),
-             ("csv/agents.csv", "the agents' scores"), ("../features/status.csv", "per-clip status"),
-             ("../folds.csv", "the run's fold assignment"), ("../pseudo/pseudo-labels.csv", "kept pseudo-labels"),
-             ("../pseudo/filters.json", "the filter measurements")]
-    links += [(f"../{s.name}/report.json", f"{s.name}: scores and config") for s in run.students]
-    links += [(f"../{s.name}/ablation.md", f"{s.name}: ablation") for s in run.students if s.ablation]
-    links += [(f"../{s.submission.name}", f"{s.name}: submission") for s in run.students if s.submission]
-    present = [(href, what) for href, what in links
-               if (run.run / "report" / href).resolve().exists() or href.startswith("csv/")]
+    # the report's own CSVs, then the run's files that exist, each linked relative to the report folder
+    present = [("csv/clips.csv", "every pool clip's row of the table"), ("csv/broken.csv", "the broken clips"),
+               ("csv/agents.csv", "the agents' scores")]
+    files = [("features/status.csv", "per-clip status"), ("folds.csv", "the run's fold assignment"),
+             ("pseudo/pseudo-labels.csv", "kept pseudo-labels"), ("pseudo/filters.json", "the filter measurements")]
+    files += [(f"{s.name}/report.json", f"{s.name}: scores and config") for s in run.students]
+    files += [(f"{s.name}/ablation.md", f"{s.name}: ablation") for s in run.students if s.ablation]
+    files += [(s.submission.name, f"{s.name}: submission") for s in run.students if s.submission]
+    present += [(os.path.relpath(run.run / rel, out), what) for rel, what in files if (run.run / rel).exists()]
     body = ('<h3>Files behind the tables</h3><ul class="links">'
             + "".join(f'<li><a href="{esc(h)}">{esc(h)}</a>: {esc(w)}</li>' for h, w in present) + "</ul>"
             + f"<h3>Configs</h3>{''.join(configs) or absent('configs (no stage recorded one)')}"
@@ -505,7 +510,7 @@ def run_section(run: RunData) -> str:
     return section("run", "Run", body)
 
 
-def header(run: RunData, table: ClipTable) -> str:
+def header(run: RunData) -> str:
     """The title bar: the run, the dataset, headline numbers."""
     student = run.pseudo_student() or (run.students[-1] if run.students else None)
     kept = sum((student.report.get("kept") or {}).values()) if student and student.uses_pseudo else None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,9 +56,6 @@ class ClipTable:
     reasons: list[str]
     # how the combination was set up, for the page
     how: str
-    # the filter settings the run used (None: no pseudo-label filter ran)
-    filter: FilterConfig | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def _filter_config(run: RunData) -> tuple[FilterConfig | None, str]:
@@ -153,7 +150,7 @@ def clip_table(run: RunData) -> ClipTable:
                        kept_label, kept_conf)
     return ClipTable(names=list(run.pool), probs=probs, label=label, conf=conf, margin=margin,
                      disagreement=disagreement, split=split, kept_folds=kept_folds, kept_label=kept_label,
-                     reasons=reasons, how=how, filter=cfg)
+                     reasons=reasons, how=how)
 
 
 def _reasons(run: RunData, probs: np.ndarray, has: np.ndarray, count: np.ndarray, combined: np.ndarray,

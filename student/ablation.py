@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from clips.scoring import Scores
-from pseudo.select import FilterConfig
+from pseudo.measure import FilterPoint
+from pseudo.select import FilterConfig, PseudoLabels
 from student.decide import Decision, decide
 from student.filter_report import BASELINE_THRESHOLD, baseline_filter
 from student.inputs import AgentEvidence, RunInputs, kept_counts
@@ -67,37 +68,32 @@ def run_ablation(inputs: RunInputs, evidence: AgentEvidence, chosen: FilterConfi
     seeds[0]), reused as that row's first seed: the do-no-harm row's when `guarded` (the decision it trained under)
     is given, else the chosen filter's. Without `guarded` the do-no-harm row is decided here."""
 
-    def row(variant: str, fcfg: FilterConfig | None,
-            reuse: tuple[StudentResult, Scores | None] | None = None) -> tuple[AblationRow, list]:
+    def trained(variant: str, pseudo: list[PseudoLabels] | None, point: FilterPoint | None,
+                reuse: tuple[StudentResult, Scores | None] | None = None) -> tuple[AblationRow, list]:
+        """The row of students trained on `pseudo` (None: labelled only), measured at `point`."""
         log.info("ablation: %s", variant)
-        fit = None if fcfg is None else evidence.fit(fcfg)
-        results = []
-        for s in seeds:
-            if reuse is not None and s == seeds[0]:
-                results.append(reuse)
-            else:
-                results.append(train_round(inputs, None if fit is None else fit.pseudo, student, seed=s,
-                                           progress=progress))
+        results = [reuse if reuse is not None and s == seeds[0] else
+                   train_round(inputs, pseudo, student, seed=s, progress=progress) for s in seeds]
         hidden = [h.waf for _, h in results if h is not None]
         wafs = [r.scores.waf for r, _ in results]
-        if fit is None:
+        if pseudo is None or point is None:
             return AblationRow(variant, 0, math.nan, 0.0, wafs, hidden), results
-        p = fit.point
-        return AblationRow(variant, sum(kept_counts(fit.pseudo).values()), p.precision, p.coverage, wafs, hidden,
-                           p.precision_low, p.precision_high), results
+        return AblationRow(variant, sum(kept_counts(pseudo).values()), point.precision, point.coverage, wafs,
+                           hidden, point.precision_low, point.precision_high), results
 
-    rows = [row("labelled only", None)[0], row(f"+ pseudo, fixed {BASELINE_THRESHOLD}", baseline_filter(chosen))[0]]
+    def row(variant: str, fcfg: FilterConfig,
+            reuse: tuple[StudentResult, Scores | None] | None = None) -> tuple[AblationRow, list]:
+        fit = evidence.fit(fcfg)
+        return trained(variant, fit.pseudo, fit.point, reuse)
+
+    rows = [trained("labelled only", None, None)[0],
+            row(f"+ pseudo, fixed {BASELINE_THRESHOLD}", baseline_filter(chosen))[0]]
     hard, soft = replace(chosen, soft=False), replace(chosen, soft=True)
     hard_row, hard_results = row("+ pseudo, chosen filter", hard,
                                  reuse=None if chosen.soft or guarded is not None else main)
     decision = guarded if guarded is not None else decide(inputs, evidence, chosen, evidence.fit(chosen))
-    log.info("ablation: + do no harm")
-    results = [main if guarded is not None and s == seeds[0] else
-               train_round(inputs, decision.pseudo, student, seed=s, progress=progress) for s in seeds]
-    p = decision.point
-    guarded_row = (AblationRow("+ do no harm", sum(kept_counts(decision.pseudo).values()), p.precision, p.coverage,
-                            [r.scores.waf for r, _ in results], [h.waf for _, h in results if h is not None],
-                            p.precision_low, p.precision_high))
+    guarded_row = trained("+ do no harm", decision.pseudo, decision.point,
+                          reuse=main if guarded is not None else None)[0]
     soft_row, soft_results = row("+ soft targets", soft,
                                  reuse=main if chosen.soft and guarded is None else None)
     rows += [hard_row, guarded_row, soft_row]

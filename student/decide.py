@@ -11,8 +11,9 @@ folds (the run's assignment less fold k): the filter is cross-fitted on them (ca
 others, the pool scored by the agents' fold models of the others), and the student's own prediction of each comes
 from a logistic regression of the student's inputs fitted on the labelled clips of neither fold k nor the clip's
 own fold. pseudo.harm decides each class from those clips: a class whose pseudo-labels are right less often than
-the student's own predictions gets none, the rest are weighted by their measured precision. Fold k's labels play no
-part in fold k's decision, so its reported score is still an estimate.
+the student's own predictions gets none, the rest are weighted by their measured precision. Given the agents' stored
+out-of-fold scores, fold k's labels play no part in fold k's decision, so its reported score is still an estimate
+(the agents' fold models of the other folds did train on fold k's clips, as for every calibration of the filter).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clips.labels import LABELS
 from pseudo.harm import ClassVerdict, apply_verdict, class_verdict
 from pseudo.measure import CrossFit, FilterPoint, cross_fit, fold_calibrations, precision_coverage
 from pseudo.select import FilterConfig, PseudoLabels
@@ -105,7 +105,3 @@ def decide(inputs: RunInputs, evidence: AgentEvidence, cfg: FilterConfig, fit: C
              [len(p.index) for p in fit.pseudo])
     return Decision(pseudo=pseudo, verdicts=verdicts, point=point)
 
-
-def classes_kept(decision: Decision) -> dict[str, int]:
-    """Per class, the student folds whose pseudo-labels of that class stayed."""
-    return {label: int(sum(v.keep[c] for v in decision.verdicts)) for c, label in enumerate(LABELS)}

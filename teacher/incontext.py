@@ -55,12 +55,14 @@ class InContextLLMAgent(LLMAgent):
     """LLMAgent whose prompts carry the k nearest labelled lines of the other folds (see the module docstring)."""
 
     def __init__(self, name: str, options: LLMAgentOptions, context: AgentContext):
-        super().__init__(name, options, context.clips)
-        features, self.folds = context.features, context.folds
+        # the cached vectors are checked before the model loads: a misnamed extractor costs no model load
+        features = context.features
         keys = [i for i, key in enumerate(features.extractors) if key.split("-")[0] == options.incontext_features]
         if len(keys) != 1:
             raise ValueError(f"agent {name!r}: incontext_features={options.incontext_features!r} matches "
                              f"{len(keys)} cached extractors of {features.extractors}; add it to features.extractors")
+        super().__init__(name, options, context.clips)
+        self.folds = context.folds
         self._row = {n: i for i, n in enumerate(features.names)}
         self._vectors, self._present = features.blocks[keys[0]], features.masks[:, keys[0]]
         bank = [n for n in sorted(context.labels) if n in self._row and self._present[self._row[n]]

@@ -130,19 +130,22 @@ def labelled_evidence(spec: AgentSpec, context: AgentContext) -> dict:
         return {"labelled_scores": "out_of_fold"}
     folds = context.folds
     if spec.fold_adapters:
-        return _fold_evidence(fold_serving(spec, folds, sorted(context.labels)), folds)
+        return _fold_evidence(_records(fold_serving(spec, folds, sorted(context.labels))), folds)
     kind, records = labelled_scores_of(spec.options.get("model"), spec.options.get("adapter"))
     if kind == "zero_shot" and spec.options.get("incontext_k"):
         # a model that saw no label, shown labelled lines of the other folds only (teacher.incontext)
-        return {"labelled_scores": "out_of_fold", "folds": folds.folds, "fold_seed": folds.seed,
-                "provenance": records}
+        return _fold_evidence(records, folds)
     return {"labelled_scores": kind, "provenance": records}
 
 
-def _fold_evidence(serving: list[FoldServing], folds: FoldAssignment) -> dict:
-    """labelled_evidence of an agent served from checked fold models."""
-    return {"labelled_scores": "out_of_fold", "folds": folds.folds, "fold_seed": folds.seed,
-            "provenance": [record for group in serving for record in group.records]}
+def _records(serving: list[FoldServing]) -> list[dict]:
+    """The provenance records of every fold model in `serving`."""
+    return [record for group in serving for record in group.records]
+
+
+def _fold_evidence(records: list[dict], folds: FoldAssignment) -> dict:
+    """labelled_evidence of an agent scored out of fold on the run's assignment, with its models' records."""
+    return {"labelled_scores": "out_of_fold", "folds": folds.folds, "fold_seed": folds.seed, "provenance": records}
 
 
 @dataclass(frozen=True)
@@ -310,7 +313,7 @@ def _label_fold_adapters(cfg: TeacherLabelConfig, spec: AgentSpec, context: Agen
     them once every fold model has scored every clip.
     """
     serving = fold_serving(spec, context.folds, sorted(context.labels))  # every fold's record read and checked once
-    evidence = _fold_evidence(serving, context.folds)
+    evidence = _fold_evidence(_records(serving), context.folds)
     fold_stores = _fold_stores(store, spec.name)
     fold_of = dict(zip(todo, context.folds.of(todo).tolist(), strict=True))
     options = LLMAgentOptions.from_options(spec.options, spec.name)

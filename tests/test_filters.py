@@ -240,6 +240,13 @@ def test_fold_k_pseudo_labels_read_only_the_fold_k_agent_models():
         again = cross_fit(probs, labels, fold_of, changed, names, FilterConfig(), calibrations)
         assert again.pseudo[k].names == fit.pseudo[k].names and len(fit.pseudo[k].names) > 0
         np.testing.assert_array_equal(again.pseudo[k].targets, fit.pseudo[k].targets)
+    # a filter without the label prior refuses calibrations fitted with it, and the reverse
+    with pytest.raises(ValueError, match=r"filter prior=False but the calibrations were fitted with the label prior"):
+        cross_fit(probs, labels, fold_of, pool, names, FilterConfig(prior=False), calibrations)
+    plain = fold_calibrations(probs, labels, fold_of, prior=False)
+    with pytest.raises(ValueError, match=r"filter prior=True but the calibrations were fitted without"):
+        cross_fit(probs, labels, fold_of, pool, names, FilterConfig(), plain)
+    assert cross_fit(probs, labels, fold_of, pool, names, FilterConfig(prior=False), plain).point.kept > 0
 
 
 def test_threshold_works_under_every_mask():

@@ -385,6 +385,8 @@ def test_the_member_chooses_c_on_the_inner_rows_and_refits_on_every_row() -> Non
                        .fit(scaler.transform(x[~inner]), y[~inner]).predict(scaler.transform(x[inner])),
                        average="weighted") for grid_c in sorted(C_GRID)]
     assert max(scores) - scores[sorted(C_GRID).index(c)] <= 0.02
+    # and the inner rows decide it: without them the 3-fold CV fallback picks another C on these rows
+    assert fit_member(LogisticMember(40), x, y, np.ones(120, np.float32), np.ones(120, bool)) != c
     # then one fit on all 120 rows at that C
     full = LogisticRegression(C=c, max_iter=5000, tol=1e-8).fit(StandardScaler().fit_transform(x), y)
     np.testing.assert_allclose(member.coef[:3].numpy(), full.coef_, atol=0.02)
